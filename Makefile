@@ -1,0 +1,57 @@
+# Every target calls the `zeus` CLI (or pytest/ruff); nothing here holds logic of its own.
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+ZEUS    := $(BIN)/zeus
+DATASET ?= demo
+FUSION  ?= late
+ROOT    ?=
+ROOT_OPT := $(if $(ROOT),--root $(ROOT),)
+
+.PHONY: setup demo data test lint format instructions train report bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+## The whole pipeline on the built-in synthetic demo data.
+demo: setup
+	$(ZEUS) demo-data
+	$(ZEUS) data check demo
+	$(ZEUS) data check chaos --root $${ZEUS_HOME:-.zeus}/demo/CHAOS
+	$(ZEUS) data prepare demo
+
+## Check and prepare any dataset: make data DATASET=chaos ROOT=/data/CHAOS
+data: setup
+	$(ZEUS) data check $(DATASET) $(ROOT_OPT)
+	$(ZEUS) data prepare $(DATASET) $(ROOT_OPT)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+instructions: setup
+	$(ZEUS) instructions $(DATASET) $(ROOT_OPT)
+
+train: setup
+	$(ZEUS) train $(DATASET) --fusion $(FUSION)
+
+report: setup
+	$(ZEUS) report
+
+bench: setup
+	$(BIN)/python benchmarks/prepare_data.py
+
+clean:
+	rm -rf .zeus reports

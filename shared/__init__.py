@@ -1,0 +1,1 @@
+"""Code shared by both stages: manifests, readers, geometry, preprocessing, case cache, splits, CLI."""

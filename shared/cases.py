@@ -1,0 +1,248 @@
+"""The preprocessed-case cache: each case read, co-registered and normalised once.
+
+Layout, under ``$ZEUS_HOME/preprocessed/<dataset>/<size>px/<case>/``:
+
+- ``image.npz``  ``image``: float16 ``[C, Z, S, S]`` in [0, 1], channels in manifest order (model slices)
+- ``meta.json``  modalities, grids (canonical and original), slice transform, source signature;
+                 written last, so its presence marks a complete image entry
+- ``label.npz``  ``label``: uint8 ``[Z, S, S]`` manifest label values; built only when labels are asked
+                 for, so stage 1 can prepare and read cases without opening a label file.
+
+Every file is written atomically; a case whose entry exists and whose source files are unchanged is
+skipped; ``overwrite`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from shared.atomic import write_atomic, write_json
+from shared.errors import DataError, Problem, ZeusError
+from shared.geometry import Geometry, from_array, resample_onto
+from shared.manifest import Dataset
+from shared.preprocess import SliceTransform, normalise
+from shared.readers import CaseSources, open_layout
+from shared.registration import coregister, read_label_on
+from shared.workspace import preprocessed_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IMAGE_SIZE = 256
+
+
+@dataclass(frozen=True)
+class CaseMeta:
+    case_id: str
+    dataset: str
+    modalities: tuple[str, ...]
+    grid: Geometry
+    original: Geometry
+    transform: SliceTransform
+    image_signature: str
+    label_signature: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "case_id": self.case_id,
+            "dataset": self.dataset,
+            "modalities": list(self.modalities),
+            "grid": self.grid.to_json(),
+            "original": self.original.to_json(),
+            "transform": self.transform.to_json(),
+            "image_signature": self.image_signature,
+            "label_signature": self.label_signature,
+        }
+
+    def restore(self, slices: np.ndarray, *, is_label: bool) -> sitk.Image:
+        """``[Z, S, S]`` model slices (labels or probabilities) -> image on the original reference grid.
+
+        Inverse of preprocessing: crop the padding, resize to the native slice, undo the canonical flips.
+        """
+        native = from_array(self.transform.to_native(slices, is_label=is_label), self.grid)
+        # The canonical grid differs from the original by flips only: voxel centres coincide, nearest is exact.
+        return resample_onto(native, self.original, is_label=True)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CaseMeta:
+        return cls(
+            case_id=data["case_id"],
+            dataset=data["dataset"],
+            modalities=tuple(data["modalities"]),
+            grid=Geometry.from_json(data["grid"]),
+            original=Geometry.from_json(data["original"]),
+            transform=SliceTransform.from_json(data["transform"]),
+            image_signature=data["image_signature"],
+            label_signature=data.get("label_signature"),
+        )
+
+
+@dataclass
+class PreprocessedCase:
+    """image: float32 ``[C, Z, S, S]`` in [0, 1]; label: uint8 ``[Z, S, S]`` or None."""
+
+    meta: CaseMeta
+    image: np.ndarray
+    label: np.ndarray | None
+
+    @property
+    def case_id(self) -> str:
+        return self.meta.case_id
+
+
+@dataclass
+class PrepareSummary:
+    built: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def files_signature(files: Iterable[Path]) -> str:
+    """Hash of file names, sizes and modification times: changes when a source file changes."""
+    digest = hashlib.sha256()
+    for f in sorted(files):
+        stat = f.stat()
+        digest.update(f"{f.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+class CaseCache:
+    def __init__(self, dataset: Dataset, image_size: int = DEFAULT_IMAGE_SIZE, root: Path | None = None):
+        if image_size < 16:
+            raise ZeusError(f"image size must be at least 16 pixels, got {image_size}")
+        self.dataset, self.image_size = dataset, image_size
+        self.folder = (root or preprocessed_dir(dataset.name)) / f"{image_size}px"
+
+    def case_dir(self, case_id: str) -> Path:
+        return self.folder / case_id
+
+    def cached_case_ids(self) -> list[str]:
+        return sorted(p.parent.name for p in self.folder.glob("*/meta.json"))
+
+    def prepare(
+        self,
+        case_ids: list[str] | None = None,
+        *,
+        with_labels: bool = True,
+        overwrite: bool = False,
+        workers: int = 1,
+        progress: bool = True,
+    ) -> PrepareSummary:
+        """Build the entries of ``case_ids`` (default: all cases); problems are collected, not raised."""
+        ids = case_ids if case_ids is not None else open_layout(self.dataset).case_ids()
+        summary = PrepareSummary()
+        bar = tqdm(total=len(ids), desc=f"prepare {self.dataset.name}", unit="case", disable=not progress)
+        jobs = [(self.dataset, self.image_size, self.folder, cid, with_labels, overwrite) for cid in ids]
+        if workers > 1 and len(ids) > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for future in as_completed([pool.submit(_prepare_case, *job) for job in jobs]):
+                    _record(summary, *future.result())
+                    bar.update()
+        else:
+            for job in jobs:
+                _record(summary, *_prepare_case(*job))
+                bar.update()
+        bar.close()
+        return summary
+
+    def meta(self, case_id: str) -> CaseMeta:
+        path = self.case_dir(case_id) / "meta.json"
+        if not path.is_file():
+            raise ZeusError(f"case {case_id!r} of {self.dataset.name!r} is not prepared: run `zeus data prepare`")
+        return CaseMeta.from_json(json.loads(path.read_text()))
+
+    def load(self, case_id: str, *, with_label: bool = True) -> PreprocessedCase:
+        meta = self.meta(case_id)
+        with np.load(self.case_dir(case_id) / "image.npz") as f:
+            image = f["image"].astype(np.float32)
+        label = None
+        if with_label:
+            path = self.case_dir(case_id) / "label.npz"
+            if not path.is_file():
+                raise ZeusError(f"case {case_id!r} has no prepared label: run `zeus data prepare` with labels")
+            with np.load(path) as f:
+                label = f["label"]
+        return PreprocessedCase(meta, image, label)
+
+
+def _record(summary: PrepareSummary, case_id: str, status: str, problems: list[Problem]) -> None:
+    {"built": summary.built, "skipped": summary.skipped}.get(status, []).append(case_id)
+    summary.problems.extend(problems)
+
+
+def _prepare_case(
+    dataset: Dataset, image_size: int, folder: Path, case_id: str, with_labels: bool, overwrite: bool
+) -> tuple[str, str, list[Problem]]:
+    """Build one cache entry; returns (case_id, "built" | "skipped" | "failed", problems)."""
+    sources = open_layout(dataset).sources(case_id)
+    try:
+        built = _build_entry(dataset, image_size, folder / case_id, sources, with_labels, overwrite)
+    except DataError as e:
+        return case_id, "failed", e.problems
+    return case_id, "built" if built else "skipped", []
+
+
+def _build_entry(
+    dataset: Dataset, size: int, case_dir: Path, sources: CaseSources, with_labels: bool, overwrite: bool
+) -> bool:
+    if sources.problems:
+        raise DataError(sources.problems)
+    image_signature = files_signature(sources.image_files())
+    meta_path = case_dir / "meta.json"
+    meta = CaseMeta.from_json(json.loads(meta_path.read_text())) if meta_path.is_file() else None
+    if overwrite or meta is None or meta.image_signature != image_signature:
+        meta = _build_images(dataset, size, case_dir, sources, image_signature)
+    elif not with_labels or _label_current(meta, sources, case_dir, dataset.manifest.reference_modality):
+        return False
+    if with_labels:
+        _build_label(dataset, case_dir, sources, meta)
+    return True
+
+
+def _build_images(dataset: Dataset, size: int, case_dir: Path, sources: CaseSources, signature: str) -> CaseMeta:
+    manifest = dataset.manifest
+    case = coregister(sources, manifest, with_label=False)
+    transform = SliceTransform(native=case.grid.array_shape[1:], size=size)
+    image = np.stack(
+        [
+            transform.to_model(normalise(case.images[m.name], m.normalisation), is_label=False)
+            for m in manifest.modalities
+        ]
+    ).astype(np.float16)
+    (case_dir / "label.npz").unlink(missing_ok=True)
+    write_atomic(case_dir / "image.npz", lambda tmp: _savez(tmp, image=image))
+    meta = CaseMeta(case.case_id, dataset.name, manifest.modality_names, case.grid, case.original, transform, signature)
+    write_json(case_dir / "meta.json", meta.to_json())
+    return meta
+
+
+def _label_current(meta: CaseMeta, sources: CaseSources, case_dir: Path, reference: str) -> bool:
+    return (case_dir / "label.npz").is_file() and meta.label_signature == _label_signature(sources, reference)
+
+
+def _label_signature(sources: CaseSources, reference: str) -> str | None:
+    label = sources.label_for(reference)
+    return files_signature(label.source.files) if label and label.source.files else None
+
+
+def _build_label(dataset: Dataset, case_dir: Path, sources: CaseSources, meta: CaseMeta) -> None:
+    label = read_label_on(sources, dataset.manifest, meta.grid)
+    slices = meta.transform.to_model(label, is_label=True)
+    write_atomic(case_dir / "label.npz", lambda tmp: _savez(tmp, label=slices))
+    signature = _label_signature(sources, dataset.manifest.reference_modality)
+    write_json(case_dir / "meta.json", replace(meta, label_signature=signature).to_json())
+
+
+def _savez(path: Path, **arrays: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)

@@ -1,0 +1,154 @@
+"""The ``zeus`` command line: thin typer commands that parse options and call typed functions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from shared.errors import DataError, ZeusError
+
+
+class _UserErrors(TyperGroup):
+    """Print a ``ZeusError`` as a plain message (no traceback) and exit non-zero."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except DataError as e:
+            typer.secho(f"{len(e.problems)} problem(s):", fg="red", err=True)
+            for problem in e.problems:
+                typer.echo(f"  {problem}", err=True)
+            raise typer.Exit(1) from None
+        except ZeusError as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(
+    cls=_UserErrors,
+    no_args_is_help=True,
+    add_completion=False,
+    help="Zeus: text-instructed multimodal medical image segmentation.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Check, fingerprint and prepare datasets.")
+app.add_typer(data_app, name="data")
+
+DatasetArg = Annotated[
+    str,
+    typer.Argument(
+        help="Built-in manifest name (chaos, chaos_ct, msd_prostate, msd_brain, demo), "
+        "a manifest .json, or a folder holding an MSD / nnU-Net v2 dataset.json."
+    ),
+]
+RootOpt = Annotated[
+    Path | None, typer.Option("--root", help="Folder holding the dataset (default: from ZEUS_DATA_ROOT).")
+]
+CasesOpt = Annotated[list[str] | None, typer.Option("--case", help="Only these cases (repeatable).")]
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Annotated[Path | None, typer.Option(help="Where to write (default: $ZEUS_HOME/demo).")] = None,
+    cases: Annotated[int, typer.Option(min=1, help="Number of synthetic patients.")] = 6,
+    slices: Annotated[int, typer.Option(min=2, help="Slices per volume.")] = 16,
+    seed: int = 0,
+) -> None:
+    """Write the synthetic multimodal demo dataset in the MSD NIfTI and the CHAOS DICOM+PNG layouts."""
+    from shared.demo import DemoConfig, write_demo
+    from shared.workspace import demo_dir
+
+    roots = write_demo(out or demo_dir(), DemoConfig(cases=cases, slices=slices, seed=seed))
+    typer.echo(f"MSD layout:   {roots['msd']}   (zeus data check demo)")
+    typer.echo(f"CHAOS layout: {roots['chaos']}   (zeus data check chaos --root {roots['chaos']})")
+
+
+@data_app.command("check")
+def data_check(dataset: DatasetArg, root: RootOpt = None, case: CasesOpt = None) -> None:
+    """List every problem in a dataset's files (missing, unreadable, mismatched, bad labels); exit 1 if any."""
+    from shared.check import check_dataset
+    from shared.manifest import resolve_dataset
+
+    ds = resolve_dataset(dataset, root)
+    problems = check_dataset(ds, case)
+    if problems:
+        raise DataError(problems)
+    typer.secho(f"{ds.name}: no problems found ({ds.root})", fg="green")
+
+
+@data_app.command("fingerprint")
+def data_fingerprint(
+    dataset: DatasetArg,
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the fingerprint JSON.")],
+    root: RootOpt = None,
+    case: CasesOpt = None,
+) -> None:
+    """Per-case shape, spacing, label voxel counts and raw intensity statistics on the reference grid."""
+    from shared.atomic import write_json
+    from shared.fingerprint import fingerprint_dataset
+    from shared.manifest import resolve_dataset
+
+    fingerprint = fingerprint_dataset(resolve_dataset(dataset, root), case)
+    write_json(json_out, fingerprint)
+    typer.echo(f"{len(fingerprint['cases'])} case(s) -> {json_out}")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    dataset: DatasetArg,
+    root: RootOpt = None,
+    case: CasesOpt = None,
+    image_size: Annotated[int, typer.Option(help="Model input size (pixels, square).")] = 256,
+    overwrite: Annotated[bool, typer.Option(help="Rebuild cached cases.")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = min(4, os.cpu_count() or 1),
+    folds: Annotated[int, typer.Option(min=1, help="Cross-validation folds for new splits.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed for new splits.")] = 0,
+    resplit: Annotated[bool, typer.Option(help="Replace the persisted splits.")] = False,
+) -> None:
+    """Co-register, normalise and cache every case (skipping cached ones), then persist patient-level splits."""
+    from shared.cases import CaseCache
+    from shared.manifest import resolve_dataset
+    from shared.splits import ensure_splits
+    from shared.workspace import splits_path
+
+    ds = resolve_dataset(dataset, root)
+    cache = CaseCache(ds, image_size)
+    summary = cache.prepare(case, overwrite=overwrite, workers=workers)
+    typer.echo(f"{ds.name}: {len(summary.built)} built, {len(summary.skipped)} already cached -> {cache.folder}")
+    if summary.problems:
+        raise DataError(summary.problems)
+    if case is None:
+        splits = ensure_splits(ds.name, summary.built + summary.skipped, folds=folds, seed=seed, overwrite=resplit)
+        train, val = splits.fold(0)
+        typer.echo(
+            f"splits: {len(splits.folds)} fold(s), fold 0 = {len(train)} train / {len(val)} val, "
+            f"{len(splits.test)} test -> {splits_path(ds.name)}"
+        )
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """The built-in dataset manifests."""
+    from shared.manifest import MANIFEST_DIR, builtin_manifests
+
+    for name in builtin_manifests():
+        title = json.loads((MANIFEST_DIR / f"{name}.json").read_text()).get("title", "")
+        typer.echo(f"{name:14s} {title}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

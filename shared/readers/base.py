@@ -1,0 +1,125 @@
+"""What every reader gives: per case, where each modality's volume and each label come from.
+
+Nothing is read when a case is discovered; a source reads its files when asked, so stage 1 can load a
+case's images without ever opening a label file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from shared.errors import DataError, Problem
+
+
+class VolumeSource(Protocol):
+    """A 3-D volume on disk (one file, one channel of a 4-D file, a DICOM series, a PNG mask stack)."""
+
+    case_id: str
+
+    @property
+    def files(self) -> tuple[Path, ...]: ...
+
+    def read(self) -> sitk.Image:
+        """The volume, with its geometry; raises ``DataError`` naming the case and file."""
+        ...
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """A label volume and the modalities that lie on its grid (the first one defines that grid)."""
+
+    source: VolumeSource
+    modalities: tuple[str, ...]
+
+
+@dataclass
+class CaseSources:
+    case_id: str
+    images: dict[str, VolumeSource]
+    labels: list[LabelSource]
+    problems: list[Problem] = field(default_factory=list)
+
+    def label_for(self, modality: str) -> LabelSource | None:
+        return next((label for label in self.labels if modality in label.modalities), None)
+
+    def image_files(self) -> list[Path]:
+        return sorted({f for source in self.images.values() for f in source.files})
+
+
+class Layout(Protocol):
+    """Finds the cases of a dataset on disk."""
+
+    def case_ids(self) -> list[str]: ...
+
+    def sources(self, case_id: str) -> CaseSources: ...
+
+
+def natural_key(path: Path) -> list[object]:
+    """Sort key comparing digit runs as numbers: ``img2 < img10``."""
+    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", path.name)]
+
+
+def visible_files(folder: Path, suffixes: tuple[str, ...] = ()) -> list[Path]:
+    """Files of ``folder`` in natural order, skipping hidden files and macOS ``._`` forks (common in MSD tars)."""
+    files = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and (not suffixes or p.name.lower().endswith(suffixes))
+    ]
+    return sorted(files, key=natural_key)
+
+
+def read_image_file(path: Path, case_id: str) -> sitk.Image:
+    """Read one image file with SimpleITK; a missing, truncated or unreadable file becomes a ``DataError``."""
+    if not path.is_file():
+        raise DataError.single(case_id, "file is missing", path)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_complete(path, case_id)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown reason"
+        raise DataError.single(case_id, f"cannot read the file (truncated or not an image?): {reason}", path) from None
+
+
+def check_label_values(array: np.ndarray, allowed: set[int], case_id: str, file: Path) -> None:
+    values = np.unique(array)
+    if not np.array_equal(values, np.round(values)):
+        raise DataError.single(case_id, f"label values must be integers, found {values[:8].tolist()}", file)
+    unknown = sorted({int(v) for v in values} - allowed)
+    if unknown:
+        raise DataError.single(
+            case_id, f"label values {unknown} are not in the manifest (expected a subset of {sorted(allowed)})", file
+        )
+
+
+def _check_nifti_complete(path: Path, case_id: str) -> None:
+    """ITK zero-fills a truncated NIfTI without complaint: compare the data length with what the header promises."""
+    try:
+        image = nib.load(path)
+        shape, dtype = image.header.get_data_shape(), image.header.get_data_dtype()
+        expected = int(image.dataobj.offset) + int(np.prod(shape)) * dtype.itemsize
+        found = _gzip_length(path) if path.name.lower().endswith(".gz") else path.stat().st_size
+    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as e:
+        raise DataError.single(case_id, f"cannot read the file (truncated or not NIfTI?): {e}", path) from None
+    if found < expected:
+        raise DataError.single(
+            case_id, f"file is truncated: {found} bytes of image data, the header promises {expected}", path
+        )
+
+
+def _gzip_length(path: Path) -> int:
+    """Uncompressed length of a gzip file; raises EOFError when the stream is cut short."""
+    length = 0
+    with gzip.open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            length += len(chunk)
+    return length

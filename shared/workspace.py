@@ -1,0 +1,34 @@
+"""Where generated artefacts live: everything under one root, ``ZEUS_HOME`` (default ``.zeus/``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def zeus_home() -> Path:
+    return Path(os.environ.get("ZEUS_HOME", ".zeus")).expanduser()
+
+
+def preprocessed_dir(dataset: str) -> Path:
+    return zeus_home() / "preprocessed" / dataset
+
+
+def instructions_dir(dataset: str) -> Path:
+    return zeus_home() / "instructions" / dataset
+
+
+def features_dir(dataset: str, encoder: str) -> Path:
+    return zeus_home() / "features" / dataset / encoder
+
+
+def runs_dir(dataset: str) -> Path:
+    return zeus_home() / "runs" / dataset
+
+
+def splits_path(dataset: str) -> Path:
+    return zeus_home() / "splits" / f"{dataset}.json"
+
+
+def demo_dir() -> Path:
+    return zeus_home() / "demo"

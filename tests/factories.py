@@ -1,0 +1,98 @@
+"""Tiny on-disk datasets in each layout, written through the same code paths as the demo data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from shared.demo import (
+    MODALITIES,
+    MSD_NAME,
+    DemoConfig,
+    Phantom,
+    centred_grid,
+    msd_dataset_json,
+    write_chaos_case,
+    write_dicom_series,
+    write_msd_case,
+    write_png_masks,
+)
+from shared.geometry import Geometry, from_array
+
+# 48 x 40 voxels of 8 mm and 6 slices of 20 mm: the phantom's full field of view, a few kB per case.
+TINY = DemoConfig(cases=2, size=(48, 40), slices=6, spacing=(8.0, 8.0, 20.0), t2_spacing=(9.0, 9.0, 24.0))
+RAS_STORED = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def phantoms(config: DemoConfig = TINY) -> list[Phantom]:
+    return [Phantom.draw(i, config.seed) for i in range(config.cases)]
+
+
+def write_msd(root: Path, config: DemoConfig = TINY) -> Path:
+    """MSD layout; returns the dataset folder (it holds dataset.json)."""
+    folder = root / MSD_NAME
+    cases = phantoms(config)
+    for phantom in cases:
+        write_msd_case(folder, phantom, config)
+    (folder / "dataset.json").write_text(json.dumps(msd_dataset_json(cases)))
+    return folder
+
+
+def write_chaos_mr(root: Path, config: DemoConfig = TINY) -> Path:
+    for phantom in phantoms(config):
+        write_chaos_case(root, phantom, config)
+    return root
+
+
+def write_nnunet(root: Path, config: DemoConfig = TINY) -> Path:
+    """nnU-Net v2 raw layout with one file per channel; returns the dataset folder."""
+    folder = root / "Dataset901_Tiny"
+    grid = centred_grid((*config.size, config.slices), config.spacing, RAS_STORED)
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir(parents=True)
+    for phantom in phantoms(config):
+        for c, modality in enumerate(MODALITIES):
+            image = from_array(phantom.image(modality, grid, (0.0, 0.0, 0.0)), grid)
+            sitk.WriteImage(image, str(folder / "imagesTr" / f"tiny_{phantom.case_id}_{c:04d}.nii.gz"))
+        sitk.WriteImage(
+            from_array(phantom.label(grid), grid), str(folder / "labelsTr" / f"tiny_{phantom.case_id}.nii.gz")
+        )
+    dataset_json = {
+        "name": "Dataset901_Tiny",
+        "channel_names": {str(i): m for i, m in enumerate(MODALITIES)},
+        "labels": {"background": 0, "liver": 1, "right kidney": 2, "left kidney": 3, "spleen": 4},
+        "numTraining": config.cases,
+        "file_ending": ".nii.gz",
+    }
+    (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    return folder
+
+
+def write_chaos_ct(root: Path, n_cases: int = 2, hu_liver: int = 60) -> Path:
+    """CHAOS CT layout: DICOM in HU, binary liver masks named liver_GT_NNN.png."""
+    grid = centred_grid((48, 40, 6), (8.0, 8.0, 20.0), IDENTITY)
+    for i, phantom in enumerate(phantoms(DemoConfig(cases=n_cases))):
+        label = phantom.label(grid)
+        hu = np.where(phantom.body(grid, (0.0, 0.0, 0.0)), 20, -1000).astype(np.int16)
+        hu[label == 1] = hu_liver
+        patient = root / "Train_Sets" / "CT" / str(i + 1)
+        names = [f"i{k:04d},0000b" for k in range(grid.size[2])]
+        write_dicom_series(
+            from_array(hu, grid),
+            patient / "DICOM_anon",
+            names,
+            modality="CT",
+            series_uid=f"1.2.3.{i + 1}.1",
+            study_uid=f"1.2.3.{i + 1}",
+        )
+        masks = [f"liver_GT_{k:03d}" for k in range(grid.size[2])]
+        write_png_masks((label == 1).astype(np.uint8), patient / "Ground", masks, {1: 255})
+    return root
+
+
+def geometry_of_file(path: Path) -> Geometry:
+    return Geometry.of(sitk.ReadImage(str(path)))
