@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
@@ -244,5 +245,8 @@ def _build_label(dataset: Dataset, case_dir: Path, sources: CaseSources, meta: C
 
 
 def _savez(path: Path, **arrays: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.savez_compressed(f, **arrays)
+    """``np.savez_compressed`` at zlib level 1: as small as level 6 on noisy images, twice as fast."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
