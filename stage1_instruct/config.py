@@ -1,0 +1,68 @@
+"""Stage-1 configuration: which backend and model does each step, and how they run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from shared.errors import ZeusError
+
+DESCRIBE_BACKENDS = ("image-facts", "transformers", "vllm")
+INSTRUCT_BACKENDS = ("transformers", "template", "vllm")
+EMBED_BACKENDS = ("sentence-transformers", "transformers", "vllm")
+
+
+@dataclass(frozen=True)
+class VllmOptions:
+    """vLLM engine arguments (see vLLM's ``EngineArgs``)."""
+
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    max_num_seqs: int = 64
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int = 4096
+    limit_images_per_prompt: int = 1
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    describe: str = "image-facts"
+    instruct: str = "transformers"
+    embed: str = "sentence-transformers"
+    vlm: str | None = None  # model id or path for the describe step (vllm, transformers)
+    llm: str | None = None  # model id or path for the instruct step
+    embedder: str | None = None  # model id or path for the embed step
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    seed: int = 0
+    image_size: int = 256
+    tag: str | None = None  # the store's folder name; default: describe.instruct.embed
+    vllm: VllmOptions = field(default_factory=VllmOptions)
+
+    def __post_init__(self) -> None:
+        for step, value, allowed in (
+            ("describe", self.describe, DESCRIBE_BACKENDS),
+            ("instruct", self.instruct, INSTRUCT_BACKENDS),
+            ("embed", self.embed, EMBED_BACKENDS),
+        ):
+            if value not in allowed:
+                raise ZeusError(f"--{step} backend must be one of {allowed}, got {value!r}")
+        if self.describe != "image-facts" and not self.vlm:
+            raise ZeusError(f"the {self.describe!r} describe backend needs --vlm (a model id or path)")
+        if self.instruct == "vllm" and not self.llm:
+            raise ZeusError("the 'vllm' instruct backend needs --llm (a model id or path)")
+        if self.embed == "vllm" and not self.embedder:
+            raise ZeusError("the 'vllm' embed backend needs --embedder (a model id or path)")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ZeusError("max_new_tokens and batch_size must be positive")
+
+    @property
+    def store_tag(self) -> str:
+        return self.tag or f"{self.describe}.{self.instruct}.{self.embed}"
+
+    def generation_params(self) -> dict[str, Any]:
+        """What changes generated text besides models and prompts: part of every request key."""
+        return {"max_new_tokens": self.max_new_tokens, "decoding": "greedy", "seed": self.seed}
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

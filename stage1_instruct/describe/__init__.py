@@ -1,0 +1,59 @@
+"""Describe step: a vision-language model (or the offline ``image-facts`` substitute) says what in a slice
+matters for segmenting a target in one modality. Output: a ``Description`` with the fields of ``FIELDS``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+FIELDS = ("visible", "location", "level", "size_shape", "intensity", "boundary")
+Description = dict[str, str]
+
+
+@dataclass(frozen=True)
+class DescribeItem:
+    """One request: a slice of one modality and one target.
+
+    image: ``[S, S]`` float32 in [0, 1], the model slice (zero padding at the bottom/right beyond ``valid_hw``).
+    """
+
+    image: np.ndarray
+    valid_hw: tuple[int, int]
+    modality: str
+    modality_phrase: str
+    target: str
+    slice_position: float  # 0 = lowest slice of the volume, 1 = highest
+
+    def crop(self) -> np.ndarray:
+        return self.image[: self.valid_hw[0], : self.valid_hw[1]]
+
+    def to_pil(self) -> Image.Image:
+        """The slice without padding as an 8-bit RGB image (what VLM processors expect)."""
+        return Image.fromarray((np.clip(self.crop(), 0, 1) * 255).astype(np.uint8)).convert("RGB")
+
+
+class Describer(Protocol):
+    model_id: str
+
+    def describe(self, items: Sequence[DescribeItem]) -> list[Description]: ...
+
+
+def description_text(description: Description) -> str:
+    return "; ".join(f"{key.replace('_', ' ')}: {description[key]}" for key in FIELDS if description.get(key))
+
+
+def parse_description(text: str) -> Description:
+    """A model's JSON answer as a Description; free text that is not JSON is kept whole as the location."""
+    start, end = text.find("{"), text.rfind("}")
+    try:
+        data = json.loads(text[start : end + 1]) if start >= 0 < end else None
+    except json.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        return {"visible": "uncertain", "location": " ".join(text.split())}
+    return {key: " ".join(str(data[key]).split()) for key in FIELDS if data.get(key)}

