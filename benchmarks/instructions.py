@@ -87,7 +87,7 @@ def _subprocess(phase: str, backend: str, home: str) -> dict:
         env=env,
         check=True,
         capture_output=True,
-        text=True,
+        encoding="utf-8",
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 

@@ -62,7 +62,7 @@ def main() -> None:
                 env=env,
                 check=True,
                 capture_output=True,
-                text=True,
+                encoding="utf-8",
             ).stdout
             result = json.loads(out.strip().splitlines()[-1])
             print(
