@@ -16,7 +16,7 @@ import numpy as np
 
 from stage1_instruct.config import VllmOptions
 from stage1_instruct.describe import FIELDS, DescribeItem, Description, parse_description
-from stage1_instruct.instruct import InstructItem, clean_instruction
+from stage1_instruct.instruct import InstructItem, answer_prefix, clean_instruction
 from stage1_instruct.prompts import Prompts, render
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,22 @@ class VllmInstructor:
     def instruct(self, items: Sequence[InstructItem]) -> list[str]:
         if self._llm is None:
             self._llm = engine(self.model, self.options)
-        conversations = [[{"role": "user", "content": item.prompt}] for item in items]
-        outputs = self._llm.chat(conversations, sampling(self.max_new_tokens, self.seed), use_tqdm=False)
-        return [clean_instruction(out.outputs[0].text, item.target) for out, item in zip(outputs, items, strict=True)]
+        prefixes = [answer_prefix(item) for item in items]
+        conversations = [
+            [{"role": "user", "content": item.prompt}, {"role": "assistant", "content": prefix}]
+            for item, prefix in zip(items, prefixes, strict=True)
+        ]
+        outputs = self._llm.chat(
+            conversations,
+            sampling(self.max_new_tokens, self.seed),
+            add_generation_prompt=False,
+            continue_final_message=True,
+            use_tqdm=False,
+        )
+        return [
+            clean_instruction(prefix + out.outputs[0].text, item.target)
+            for prefix, out, item in zip(prefixes, outputs, items, strict=True)
+        ]
 
 
 class VllmEmbedder:

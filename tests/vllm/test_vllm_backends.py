@@ -24,7 +24,11 @@ def smollm2_folder(tmp_path_factory):
     gguf = smollm2_gguf()
     folder = tmp_path_factory.mktemp("smollm2")
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
-    AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are dequantised to float32 on load; forget the GGUF origin so they can be saved plainly.
+    model.hf_quantizer = None
+    model.config.__dict__.pop("quantization_config", None)
+    model.save_pretrained(folder)
     return folder
 
 
@@ -33,7 +37,7 @@ def test_vllm_instructor_on_smollm2(smollm2_folder):
     from stage1_instruct.instruct import InstructItem
     from stage1_instruct.vllm_backends import VllmInstructor
 
-    options = VllmOptions(max_num_seqs=8, max_model_len=1024, gpu_memory_utilization=0.5)
+    options = VllmOptions(max_num_seqs=8, max_model_len=1024, gpu_memory_utilization=0.25)
     instructor = VllmInstructor(str(smollm2_folder), options, max_new_tokens=32)
     items = [
         InstructItem(
@@ -57,7 +61,9 @@ def test_vllm_embedder_matches_sentence_transformers():
     from stage1_instruct.vllm_backends import VllmEmbedder
 
     texts = ["Segment the liver in the right upper abdomen.", "Segment the spleen in the left upper abdomen."]
-    embedder = VllmEmbedder(str(minilm_dir()), VllmOptions(max_num_seqs=8, max_model_len=256))
+    embedder = VllmEmbedder(
+        str(minilm_dir()), VllmOptions(max_num_seqs=8, max_model_len=256, gpu_memory_utilization=0.2)
+    )
     ours = embedder.embed(texts)
     reference = SentenceTransformersEmbedder().embed(texts)
     assert ours.shape == (2, 384) and embedder.dim == 384
