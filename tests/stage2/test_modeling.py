@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from segment_anything.modeling import MaskDecoder
+
+from stage2_segment.modeling.checkpoints import module_state
+from stage2_segment.modeling.decoder import build_mask_decoder, build_prompt_encoder
+from stage2_segment.modeling.encoders import FrozenImageEncoder
+from stage2_segment.modeling.text_prompt import TextPromptProjector
+
+
+def test_checkpoint_loads_strictly_and_the_positional_encoding_comes_from_it():
+    prompt_encoder = build_prompt_encoder()
+    pe = module_state("prompt_encoder")["pe_layer.positional_encoding_gaussian_matrix"]
+    torch.testing.assert_close(prompt_encoder.pe_layer.positional_encoding_gaussian_matrix, pe)
+    torch.testing.assert_close(prompt_encoder.get_dense_pe(), build_prompt_encoder().get_dense_pe())
+    decoder = build_mask_decoder()
+    assert sum(p.numel() for p in decoder.parameters()) == pytest.approx(4.06e6, rel=0.01)
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        build_mask_decoder(pretrained=False).load_state_dict({**module_state("mask_decoder"), "extra": torch.zeros(1)})
+
+
+def test_batched_decoder_matches_upstream_one_image_at_a_time():
+    torch.manual_seed(0)
+    batched = build_mask_decoder().eval()
+    upstream = MaskDecoder(transformer=batched.transformer, transformer_dim=256).eval()
+    upstream.load_state_dict(batched.state_dict(), strict=True)
+    pe = build_prompt_encoder().get_dense_pe()
+    images = torch.randn(3, 256, 64, 64)
+    sparse = torch.randn(3, 2, 256)
+    dense = torch.randn(3, 256, 64, 64) * 0.1
+    with torch.no_grad():
+        masks, iou = batched(images, pe, sparse, dense, multimask_output=False)
+        for b in range(3):
+            ref_masks, ref_iou = upstream(
+                images[b : b + 1], pe, sparse[b : b + 1], dense[b : b + 1], multimask_output=False
+            )
+            torch.testing.assert_close(masks[b : b + 1], ref_masks, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(iou[b : b + 1], ref_iou, rtol=1e-4, atol=1e-4)
+    assert masks.shape == (3, 1, 256, 256)
+    with pytest.raises(ValueError, match="one prompt set per image"):
+        batched(images, pe, sparse[:2], dense, multimask_output=False)
+
+
+def test_frozen_encoder_gives_sam_embeddings_and_trains_nothing():
+    encoder = FrozenImageEncoder()
+    encoder.train()
+    assert not encoder.encoder.training
+    assert sum(p.numel() for p in encoder.parameters()) == pytest.approx(5.7e6, rel=0.03)
+    assert not any(p.requires_grad for p in encoder.parameters())
+    image = torch.zeros(1, 1, 256, 256)
+    image[..., 64:192, 64:192] = 0.7
+    first = encoder(image)
+    assert first.shape == (1, 256, 64, 64) and not first.requires_grad
+    torch.testing.assert_close(encoder(image.expand(-1, 3, -1, -1)), first)
+
+
+def test_text_prompt_projector_gives_a_fixed_number_of_tokens():
+    projector = TextPromptProjector(text_dim=384, num_tokens=2)
+    tokens = projector(torch.randn(5, 384))
+    assert tokens.shape == (5, 2, 256)
+    tokens.sum().backward()
+    assert projector.mlp[0].weight.grad is not None
+    with pytest.raises(ValueError, match="BxD"):
+        projector(torch.randn(5, 1, 384))
+
+
+def test_stage2_modeling_imports_no_llm_stack():
+    llm_stack = ("vllm", "transformers", "sentence_transformers", "stage1_instruct")
+    code = (
+        "import sys, stage2_segment.modeling.decoder, stage2_segment.modeling.encoders, "
+        f"stage2_segment.modeling.text_prompt; print(sorted(m for m in {llm_stack} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True).stdout
+    assert out.strip() == "[]"
