@@ -166,14 +166,15 @@ class CaseCache:
         meta = self.meta(case_id)
         with np.load(self.case_dir(case_id) / "image.npz") as f:
             image = f["image"].astype(np.float32)
-        label = None
-        if with_label:
-            path = self.case_dir(case_id) / "label.npz"
-            if not path.is_file():
-                raise ZeusError(f"case {case_id!r} has no prepared label: run `zeus data prepare` with labels")
-            with np.load(path) as f:
-                label = f["label"]
-        return PreprocessedCase(meta, image, label)
+        return PreprocessedCase(meta, image, self.label(case_id) if with_label else None)
+
+    def label(self, case_id: str) -> np.ndarray:
+        """uint8 ``[Z, S, S]`` label slices of a prepared case."""
+        path = self.case_dir(case_id) / "label.npz"
+        if not path.is_file():
+            raise ZeusError(f"case {case_id!r} has no prepared label: run `zeus data prepare {self.dataset.name}`")
+        with np.load(path) as f:
+            return f["label"]
 
 
 def _record(summary: PrepareSummary, case_id: str, status: str, problems: list[Problem]) -> None:

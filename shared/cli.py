@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 
 from shared.errors import DataError, ZeusError
 from stage1_instruct.cli import app as instructions_app
+from stage2_segment.cli import train as train_command
 
 
 class _UserErrors(TyperGroup):
@@ -40,6 +41,7 @@ app = typer.Typer(
 data_app = typer.Typer(no_args_is_help=True, help="Check, fingerprint and prepare datasets.")
 app.add_typer(data_app, name="data")
 app.add_typer(instructions_app, name="instructions")
+app.command("train")(train_command)
 
 DatasetArg = Annotated[
     str,

@@ -35,16 +35,37 @@ def build_tiny_vit(pretrained: bool = True) -> nn.Module:
     return encoder
 
 
+def adapt_input_channels(encoder: nn.Module, channels: int) -> nn.Module:
+    """Early fusion: let TinyViT take ``channels`` stacked modalities instead of RGB.
+
+    The first convolution's RGB kernels are summed (a grey slice repeated to RGB sees exactly that sum) and
+    shared equally by the new channels: identical modalities give exactly the pretrained embedding.
+    """
+    conv = encoder.patch_embed.seq[0].c
+    grey = conv.weight.detach().sum(dim=1, keepdim=True)  # out x 1 x k x k
+    adapted = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
+    with torch.no_grad():
+        adapted.weight.copy_(grey.expand(-1, channels, -1, -1) / channels)
+    encoder.patch_embed.seq[0].c = adapted
+    return encoder
+
+
 class FrozenImageEncoder(nn.Module):
-    """Wraps an encoder, freezes it, and takes single-channel slices: Bx1xHxW or Bx3xHxW in [0, 1]."""
+    """Wraps an encoder and freezes it. Input Bx1xHxW (grey, repeated to RGB) or BxCxHxW with C the channels
+    it was built for (3, or the modality count for early fusion), in [0, 1]."""
 
     name = "litemedsam-tinyvit"
 
-    def __init__(self, encoder: nn.Module | None = None):
+    def __init__(self, encoder: nn.Module | None = None, in_channels: int = 3):
         super().__init__()
+        self.in_channels = in_channels
         self.encoder = (encoder or build_tiny_vit()).eval()
         for p in self.encoder.parameters():
             p.requires_grad_(False)
+
+    @classmethod
+    def early_fusion(cls, channels: int) -> FrozenImageEncoder:
+        return cls(adapt_input_channels(build_tiny_vit(), channels), in_channels=channels)
 
     def train(self, mode: bool = True) -> FrozenImageEncoder:
         super().train(mode)
@@ -53,8 +74,8 @@ class FrozenImageEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"expected Bx1xHxW or Bx3xHxW images, got shape {tuple(images.shape)}")
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
+        if images.ndim != 4 or images.shape[1] not in (1, self.in_channels):
+            raise ValueError(f"expected Bx1xHxW or Bx{self.in_channels}xHxW images, got {tuple(images.shape)}")
+        if images.shape[1] == 1 and self.in_channels != 1:
+            images = images.expand(-1, self.in_channels, -1, -1)
         return self.encoder(images)

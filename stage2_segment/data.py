@@ -1,0 +1,65 @@
+"""Training samples: one (case, slice) with its cached image embeddings, instruction embeddings and labels.
+
+What crosses into the model (per sample):
+
+- ``image_embeddings``: float32 ``[C', 256, 64, 64]``, C' = modalities (hybrid, late) or 1 (early);
+- ``text``: float32 ``[M + 1, T, D]``: instruction embeddings per modality (rows 0..M-1, manifest order) and the
+  union row (M), per target (manifest order); absent for ``--text none``;
+- ``label``: int64 ``[S, S]`` class indices, 0 = background, t + 1 = the t-th target of the manifest.
+
+Slices where a target is absent are kept: they teach empty masks.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from shared.cases import CaseCache
+from shared.errors import ZeusError
+from shared.manifest import Manifest
+from stage2_segment.features import FeatureCache
+from stage2_segment.instructions import InstructionTable
+
+
+def class_lookup(manifest: Manifest) -> np.ndarray:
+    """uint8[256]: label value -> class index (0 background, t + 1 for the t-th target)."""
+    lut = np.zeros(256, np.int64)
+    for index, value in enumerate(manifest.targets.values()):
+        lut[value] = index + 1
+    return lut
+
+
+class SliceDataset(Dataset):
+    def __init__(
+        self,
+        case_ids: list[str],
+        cases: CaseCache,
+        features: FeatureCache,
+        instructions: InstructionTable | None,
+    ):
+        if not case_ids:
+            raise ZeusError("no cases to train or evaluate on: check the splits")
+        self.cases, self.features, self.instructions = cases, features, instructions
+        self.lut = torch.from_numpy(class_lookup(cases.dataset.manifest))
+        self.index = [(c, z) for c in case_ids for z in range(cases.meta(c).grid.array_shape[0])]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @lru_cache(maxsize=8)  # noqa: B019 - a few whole cases; the dataset lives as long as its loader
+    def _label(self, case_id: str) -> torch.Tensor:
+        return self.lut[torch.from_numpy(self.cases.label(case_id).astype(np.int64))]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        case_id, z = self.index[i]
+        sample = {
+            "image_embeddings": torch.from_numpy(np.asarray(self.features.load(case_id)[z], dtype=np.float32)),
+            "label": self._label(case_id)[z],
+        }
+        if self.instructions is not None:
+            sample["text"] = torch.from_numpy(self.instructions.for_case(case_id)[z])
+        return sample

@@ -1,0 +1,84 @@
+"""The image-embedding cache: the frozen encoder runs once per slice and modality, never per epoch.
+
+``$ZEUS_HOME/features/<dataset>/<encoder>/<case>.npy``: float16 ``[Z, C, 256, 64, 64]`` (C = modalities, or 1
+for early fusion, whose encoder sees the modalities stacked as input channels), with ``<case>.json`` holding
+the preprocessed case's image signature. Written atomically; recomputed when the case's images change.
+Uncompressed ``.npy`` so training memory-maps it and reads only the slices of a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from shared.atomic import write_atomic, write_json
+from shared.cases import CaseCache
+from shared.workspace import features_dir
+from stage2_segment.modeling.encoders import FrozenImageEncoder
+
+log = logging.getLogger(__name__)
+
+
+class FeatureCache:
+    def __init__(
+        self,
+        cases: CaseCache,
+        encoder: FrozenImageEncoder,
+        *,
+        early: bool = False,
+        device: str = "cpu",
+        batch_size: int = 8,
+        root: Path | None = None,
+    ):
+        self.cases, self.encoder, self.early = cases, encoder, early
+        self.device, self.batch_size = device, batch_size
+        name = f"{encoder.name}-early{encoder.in_channels}" if early else encoder.name
+        self.folder = root or features_dir(cases.dataset.name, f"{name}-{cases.image_size}px")
+
+    def path(self, case_id: str) -> Path:
+        return self.folder / f"{case_id}.npy"
+
+    def is_current(self, case_id: str) -> bool:
+        sidecar = self.folder / f"{case_id}.json"
+        if not (self.path(case_id).is_file() and sidecar.is_file()):
+            return False
+        return json.loads(sidecar.read_text()).get("image_signature") == self.cases.meta(case_id).image_signature
+
+    def ensure(self, case_ids: list[str], progress: bool = True) -> int:
+        """Compute the embeddings of the cases not cached yet; returns how many cases were computed."""
+        todo = [c for c in case_ids if not self.is_current(c)]
+        for case_id in tqdm(todo, desc="image embeddings", unit="case", disable=not progress):
+            embeddings = self._compute(case_id)
+            write_atomic(self.path(case_id), lambda tmp, e=embeddings: _save_npy(tmp, e))
+            write_json(self.folder / f"{case_id}.json", {"image_signature": self.cases.meta(case_id).image_signature})
+        return len(todo)
+
+    def load(self, case_id: str) -> np.ndarray:
+        """float16 ``[Z, C, 256, 64, 64]``, memory-mapped."""
+        return np.load(self.path(case_id), mmap_mode="r")
+
+    @torch.no_grad()
+    def _compute(self, case_id: str) -> np.ndarray:
+        image = torch.from_numpy(self.cases.load(case_id, with_label=False).image)  # C x Z x S x S
+        channels, slices = image.shape[:2]
+        if self.early:
+            inputs = image.permute(1, 0, 2, 3)  # Z x C x S x S: one pass over all modalities
+        else:
+            inputs = image.permute(1, 0, 2, 3).reshape(slices * channels, 1, *image.shape[2:])
+        encoder = self.encoder.to(self.device)
+        out = [
+            encoder(inputs[i : i + self.batch_size].to(self.device)).to("cpu", torch.float16)
+            for i in range(0, len(inputs), self.batch_size)
+        ]
+        embeddings = torch.cat(out).numpy()
+        return embeddings.reshape(slices, 1 if self.early else channels, *embeddings.shape[1:])
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array)

@@ -1,0 +1,35 @@
+"""Learned fusion of modalities: of image embeddings (hybrid) and of mask logits (late)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class EmbeddingFusion(nn.Module):
+    """BxMx256x64x64 per-modality embeddings -> Bx256x64x64.
+
+    Starts as the mean over modalities (the residual branch is zero-initialised), so the pretrained decoder
+    sees in-distribution embeddings on step one, then learns cross-modal mixing with a 1x1 convolution.
+    """
+
+    def __init__(self, num_modalities: int, embed_dim: int = 256):
+        super().__init__()
+        self.mix = nn.Conv2d(num_modalities * embed_dim, embed_dim, kernel_size=1)
+        nn.init.zeros_(self.mix.weight)
+        nn.init.zeros_(self.mix.bias)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        b, m, c, h, w = embeddings.shape
+        return embeddings.mean(dim=1) + self.mix(embeddings.reshape(b, m * c, h, w))
+
+
+class LogitFusion(nn.Module):
+    """BxMxTxHxW per-modality logits -> BxTxHxW, a softmax-weighted sum over modalities (equal at start)."""
+
+    def __init__(self, num_modalities: int):
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(num_modalities))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("m,bmthw->bthw", self.weights.softmax(dim=0), logits)

@@ -1,0 +1,108 @@
+"""The Zeus segmenter: instruction tokens + cached image embeddings -> union segmentation logits.
+
+Every target (class) is prompted by its own text tokens, all targets of a slice are decoded together, and
+their mask logits, with a learned background logit, form one softmax over background + targets (training
+the union as a union: independent binary masks combined by argmax lose classes).
+
+Fusion of M modalities:
+- ``early``: the encoder saw the modalities stacked as channels (one embedding); tokens come from the union
+  instruction; one decoder pass per target.
+- ``hybrid``: per-modality embeddings fused by ``EmbeddingFusion``; the decoder sees every modality's
+  instruction tokens (M x K tokens); one decoder pass per target.
+- ``late``: one decoder pass per modality and target with that modality's instruction; logits fused by
+  ``LogitFusion``.
+
+Text ``none`` (a baseline): learned per-target tokens instead of projected instructions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from stage2_segment.modeling.decoder import build_mask_decoder, build_prompt_encoder
+from stage2_segment.modeling.fusion import EmbeddingFusion, LogitFusion
+from stage2_segment.modeling.text_prompt import TextPromptProjector
+
+FUSIONS = ("early", "hybrid", "late")
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    fusion: str = "late"
+    num_modalities: int = 1
+    num_targets: int = 1
+    text_dim: int = 384
+    use_text: bool = True
+    num_tokens: int = 2
+    pretrained: bool = True
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+
+
+class ZeusSegmenter(nn.Module):
+    def __init__(self, config: SegmenterConfig):
+        super().__init__()
+        self.config = config
+        self.prompt_encoder = build_prompt_encoder(config.pretrained)
+        self.prompt_encoder.requires_grad_(False)  # only its positional encoding and "no mask" embedding are used
+        self.mask_decoder = build_mask_decoder(config.pretrained)
+        if config.use_text:
+            self.text_prompt = TextPromptProjector(config.text_dim, config.num_tokens)
+        else:
+            self.class_tokens = nn.Parameter(torch.randn(config.num_targets, config.num_tokens, 256) * 0.02)
+        self.background_logit = nn.Parameter(torch.zeros(1))
+        if config.fusion == "hybrid":
+            self.embedding_fusion = EmbeddingFusion(config.num_modalities)
+        if config.fusion == "late":
+            self.logit_fusion = LogitFusion(config.num_modalities)
+
+    def forward(self, image_embeddings: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        """image_embeddings: BxC'x256x64x64 (C' = 1 for early, M otherwise); text: Bx(M+1)xTxD or None.
+        Returns logits Bx(T+1)x256x256, channel 0 the background."""
+        cfg = self.config
+        b = image_embeddings.shape[0]
+        if cfg.fusion == "late":
+            per_modality = torch.stack(
+                [self._decode(image_embeddings[:, m], self._tokens(text, m, b)) for m in range(cfg.num_modalities)], 1
+            )
+            logits = self.logit_fusion(per_modality)
+        elif cfg.fusion == "hybrid":
+            fused = self.embedding_fusion(image_embeddings)
+            tokens = torch.cat([self._tokens(text, m, b) for m in range(cfg.num_modalities)], dim=2)
+            logits = self._decode(fused, tokens)
+        else:
+            logits = self._decode(image_embeddings[:, 0], self._tokens(text, cfg.num_modalities, b))
+        background = self.background_logit.expand(b, 1, *logits.shape[2:])
+        return torch.cat([background, logits], dim=1)
+
+    def _tokens(self, text: torch.Tensor | None, row: int, batch: int) -> torch.Tensor:
+        """BxTxKx256 prompt tokens for instruction row ``row`` (a modality, or M for the union)."""
+        if not self.config.use_text:
+            return self.class_tokens.unsqueeze(0).expand(batch, -1, -1, -1)
+        if text is None:
+            raise ValueError("this model is conditioned on instructions: pass text embeddings")
+        b, _, t, d = text.shape
+        return self.text_prompt(text[:, row].reshape(b * t, d)).view(b, t, self.config.num_tokens, -1)
+
+    def _decode(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """embeddings Bx256x64x64, tokens BxTxNx256 -> mask logits BxTx256x256 (all targets in one batch)."""
+        b, t, n, c = tokens.shape
+        images = embeddings.unsqueeze(1).expand(-1, t, -1, -1, -1).reshape(b * t, *embeddings.shape[1:])
+        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b * t, -1, *embeddings.shape[2:])
+        masks, _ = self.mask_decoder(
+            image_embeddings=images,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=tokens.reshape(b * t, n, c),
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        return masks.view(b, t, *masks.shape[2:])
+
+    def parameter_counts(self) -> dict[str, int]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"trainable": trainable, "frozen": sum(p.numel() for p in self.parameters()) - trainable}

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from shared.cases import CaseCache
+from shared.demo import DemoConfig
+from shared.manifest import resolve_dataset
+from stage1_instruct.config import Stage1Config
+from stage1_instruct.runners import run_local
+from stage2_segment.features import FeatureCache
+from stage2_segment.modeling.encoders import FrozenImageEncoder
+from tests.factories import write_msd
+
+# 3 cases (train / val / test) of 3 slices at 256 px; image embeddings are computed once per test session.
+STAGE2_TINY = DemoConfig(cases=3, size=(48, 40), slices=3, spacing=(8.0, 8.0, 30.0), t2_spacing=(9.0, 9.0, 30.0))
+
+
+@pytest.fixture(scope="session")
+def stage2_session(tmp_path_factory):
+    """The tiny dataset, and a workspace with it prepared, its template instructions and all image embeddings."""
+    root = tmp_path_factory.mktemp("stage2")
+    old = {k: os.environ.get(k) for k in ("ZEUS_HOME", "HF_HUB_OFFLINE")}
+    os.environ.update(ZEUS_HOME=str(root / "home"), HF_HUB_OFFLINE="1")
+    try:
+        dataset = resolve_dataset(str(write_msd(root / "data", STAGE2_TINY)))
+        run_local(dataset, Stage1Config(instruct="template"), progress=False)
+        cases = CaseCache(dataset, 256)
+        cases.prepare(progress=False)
+        ids = cases.cached_case_ids()
+        FeatureCache(cases, FrozenImageEncoder()).ensure(ids, progress=False)
+        FeatureCache(cases, FrozenImageEncoder.early_fusion(3), early=True).ensure(ids, progress=False)
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return root / "home", dataset
+
+
+@pytest.fixture
+def stage2_dataset(stage2_session, tmp_path, monkeypatch):
+    """The session's dataset with a private copy of its workspace, so each test writes its own runs."""
+    home, dataset = stage2_session
+    shutil.copytree(home, tmp_path / "home")
+    monkeypatch.setenv("ZEUS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return dataset

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from shared.cases import CaseCache
+from shared.splits import load_splits
+from stage2_segment.data import SliceDataset
+from stage2_segment.features import FeatureCache
+from stage2_segment.instructions import InstructionTable
+from stage2_segment.modeling.encoders import FrozenImageEncoder
+from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
+from stage2_segment.train import TrainConfig, Trainer
+
+TAG = "image-facts.template.sentence-transformers"
+
+
+def test_samples_carry_embeddings_instructions_and_class_labels(stage2_dataset):
+    cases = CaseCache(stage2_dataset, 256)
+    features = FeatureCache(cases, FrozenImageEncoder())
+    table = InstructionTable(stage2_dataset.manifest, TAG)
+    data = SliceDataset(["demo_001"], cases, features, table)
+    assert len(data) == 3
+    sample = data[1]
+    assert sample["image_embeddings"].shape == (3, 256, 64, 64) and sample["image_embeddings"].dtype == torch.float32
+    assert sample["text"].shape == (4, 4, 384)  # (3 modalities + union) x 4 targets x 384
+    assert sample["label"].shape == (256, 256) and sample["label"].dtype == torch.int64
+    assert set(sample["label"].unique().tolist()) <= {0, 1, 2, 3, 4}
+    # label value v of the manifest is class index v here (targets are 1..4 in order)
+    raw = cases.label("demo_001")[1]
+    assert torch.equal(sample["label"], torch.from_numpy(raw.astype(np.int64)))
+
+
+@pytest.mark.parametrize("fusion", ["early", "hybrid", "late"])
+def test_each_fusion_gives_union_logits_and_single_modality_works(fusion):
+    for modalities in (3, 1):
+        model = ZeusSegmenter(SegmenterConfig(fusion=fusion, num_modalities=modalities, num_targets=4))
+        images = torch.randn(2, 1 if fusion == "early" else modalities, 256, 64, 64)
+        logits = model(images, torch.randn(2, modalities + 1, 4, 384))
+        assert logits.shape == (2, 5, 256, 256)
+    counts = model.parameter_counts()
+    assert 4.4e6 < counts["trainable"] < 4.8e6 and counts["frozen"] > 0
+
+
+def test_text_none_uses_class_tokens():
+    model = ZeusSegmenter(SegmenterConfig(fusion="late", num_modalities=2, num_targets=3, use_text=False))
+    assert model(torch.randn(1, 2, 256, 64, 64)).shape == (1, 4, 256, 256)
+    with pytest.raises(ValueError, match="pass text embeddings"):
+        ZeusSegmenter(SegmenterConfig(num_modalities=2, num_targets=3))(torch.randn(1, 2, 256, 64, 64))
+
+
+def _trainer(dataset, **overrides) -> Trainer:
+    config = TrainConfig(
+        **{
+            "fusion": "early",
+            "text": "template",
+            "epochs": 2,
+            "batch_size": 2,
+            "lr": 1e-3,
+            "slices_per_epoch": 2,
+            "warmup_steps": 1,
+            **overrides,
+        }
+    )
+    return Trainer(dataset, config, progress=False)
+
+
+def test_resume_continues_exactly(stage2_dataset):
+    straight = _trainer(stage2_dataset, run_name="straight")
+    straight.fit()
+    first = _trainer(stage2_dataset, run_name="resumed", epochs=1)
+    first.fit()
+    resumed = _trainer(stage2_dataset, run_name="resumed")
+    resumed.resume()
+    assert resumed.epoch == 1
+    resumed.fit()
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    assert straight.scheduler.get_last_lr() == resumed.scheduler.get_last_lr()
+    rows = list(csv.DictReader((resumed.run_dir / "log.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+
+
+def test_run_folder_and_best_checkpoint_by_validation_dice(stage2_dataset):
+    trainer = _trainer(stage2_dataset, run_name="run", epochs=2)
+    result = trainer.fit()
+    run = trainer.run_dir
+    info = json.loads((run / "config.json").read_text())
+    splits = load_splits(stage2_dataset.name)
+    assert info["train_cases"] == list(splits.fold(0)[0]) and info["val_cases"] == list(splits.fold(0)[1])
+    assert info["parameters"]["trainable"] > 4e6 and len(info["git_revision"]) > 0
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    assert {"train_loss", "val_dice", "dice_liver", "dice_spleen", "lr"} <= set(rows[0])
+    best = torch.load(run / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    dices = [float(r["val_dice"]) for r in rows]
+    assert best["best_dice"] == pytest.approx(max(dices), abs=1e-6)
+    assert best["epoch"] == 1 + int(np.argmax(dices))
+    assert result["best_val_dice"] == pytest.approx(max(dices), abs=1e-6)
+    # a checkpoint loads strictly into a fresh model
+    fresh = ZeusSegmenter(SegmenterConfig(**best["segmenter"]))
+    fresh.load_state_dict(best["model"], strict=True)
+
+
+@pytest.mark.slow
+def test_overfits_a_tiny_case(stage2_dataset):
+    trainer = _trainer(
+        stage2_dataset, run_name="overfit", epochs=60, lr=2e-3, slices_per_epoch=1, batch_size=1, warmup_steps=5
+    )
+    trainer.train_set.index = [("demo_001", 1)]  # one slice with all four organs
+    trainer.val_set.index = [("demo_001", 1)]
+    trainer.val_set.cases = trainer.train_set.cases
+    trainer.fit()
+    dice = trainer.validate()
+    assert np.nanmean(dice) > 0.9, dice
