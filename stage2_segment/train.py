@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from shared.atomic import atomic_path, write_json
@@ -247,14 +247,16 @@ class Trainer:
         return min(len(self.train_set), self.config.slices_per_epoch or len(self.train_set))
 
     def _loader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.config.seed + self.epoch)  # order depends on epoch only
-        if self.dist.world_size > 1:
-            sampler = DistributedSampler(self.train_set, shuffle=True, seed=self.config.seed, drop_last=False)
-            sampler.set_epoch(self.epoch)
-        else:
-            sampler = RandomSampler(self.train_set, num_samples=self._epoch_size(), generator=generator)
+        """This epoch's slices: a seeded permutation (it depends on the epoch only, so a resumed run sees the
+        same order), cut to ``slices_per_epoch`` and to a multiple of the world size (DDP ranks must take equal
+        numbers of steps), dealt round-robin to the ranks."""
+        generator = torch.Generator().manual_seed(self.config.seed + self.epoch)
+        world = self.dist.world_size
+        size = max(world, self._epoch_size() // world * world)
+        order = torch.randperm(len(self.train_set), generator=generator)[:size]
+        indices = order[self.dist.rank :: world].tolist()
         return DataLoader(
-            self.train_set, batch_size=self.config.batch_size, sampler=sampler, num_workers=self.config.num_workers
+            self.train_set, batch_size=self.config.batch_size, sampler=indices, num_workers=self.config.num_workers
         )
 
     def _train_epoch(self) -> float:

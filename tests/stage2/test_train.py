@@ -115,3 +115,42 @@ def test_overfits_a_tiny_case(stage2_dataset):
     trainer.fit()
     dice = trainer.validate()
     assert np.nanmean(dice) > 0.9, dice
+
+
+@pytest.mark.slow
+def test_ddp_with_torchrun_on_cpu(stage2_dataset, tmp_path):
+    """torchrun, 2 processes, gloo: both ranks train, rank 0 alone validates and writes the run."""
+    import os
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        "-m",
+        "shared.cli",
+        "train",
+        str(stage2_dataset.root),
+        "--fusion",
+        "early",
+        "--text",
+        "template",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "1",
+        "--slices-per-epoch",
+        "2",
+        "--run-name",
+        "ddp",
+    ]
+    result = subprocess.run(command, capture_output=True, encoding="utf-8", env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("trained 1 epoch(s)") == 2  # both ranks finish
+    run = tmp_path / "home" / "runs" / stage2_dataset.name / "ddp"
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    assert len(rows) == 1 and rows[0]["val_dice"] != ""
+    assert (run / "checkpoints" / "last.pt").is_file()
