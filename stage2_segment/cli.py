@@ -11,6 +11,7 @@ import typer
 def train(
     dataset: Annotated[str, typer.Argument(help="Built-in manifest name, manifest .json, or dataset folder.")] = "demo",
     root: Annotated[Path | None, typer.Option("--root", help="Folder holding the dataset.")] = None,
+    model: Annotated[str, typer.Option(help="zeus, or unet (a 2-D U-Net from scratch: the baseline).")] = "zeus",
     fusion: Annotated[str, typer.Option(help="early, hybrid or late.")] = "late",
     text: Annotated[
         str, typer.Option(help="instructions, template (no-LLM instructions) or none (class tokens).")
@@ -33,6 +34,7 @@ def train(
     from stage2_segment.train import train as run
 
     config = TrainConfig(
+        model=model,
         fusion=fusion,
         text=text,
         instructions_tag=instructions_tag,

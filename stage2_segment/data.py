@@ -2,7 +2,8 @@
 
 What crosses into the model (per sample):
 
-- ``image_embeddings``: float32 ``[C', 256, 64, 64]``, C' = modalities (hybrid, late) or 1 (early);
+- ``inputs``: float32 ``[C', 256, 64, 64]`` image embeddings, C' = modalities (hybrid, late) or 1 (early);
+  or, without a feature cache (the U-Net baseline), the slice itself: float32 ``[M, S, S]`` in [0, 1];
 - ``text``: float32 ``[M + 1, T, D]``: instruction embeddings per modality (rows 0..M-1, manifest order) and the
   union row (M), per target (manifest order); absent for ``--text none``;
 - ``label``: int64 ``[S, S]`` class indices, 0 = background, t + 1 = the t-th target of the manifest.
@@ -38,7 +39,7 @@ class SliceDataset(Dataset):
         self,
         case_ids: list[str],
         cases: CaseCache,
-        features: FeatureCache,
+        features: FeatureCache | None,
         instructions: InstructionTable | None,
     ):
         if not case_ids:
@@ -54,12 +55,17 @@ class SliceDataset(Dataset):
     def _label(self, case_id: str) -> torch.Tensor:
         return self.lut[torch.from_numpy(self.cases.label(case_id).astype(np.int64))]
 
+    @lru_cache(maxsize=8)  # noqa: B019 - as above
+    def _image(self, case_id: str) -> np.ndarray:
+        return self.cases.load(case_id, with_label=False).image
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         case_id, z = self.index[i]
-        sample = {
-            "image_embeddings": torch.from_numpy(np.asarray(self.features.load(case_id)[z], dtype=np.float32)),
-            "label": self._label(case_id)[z],
-        }
+        if self.features is not None:
+            inputs = np.asarray(self.features.load(case_id)[z], dtype=np.float32)
+        else:
+            inputs = self._image(case_id)[:, z]
+        sample = {"inputs": torch.from_numpy(np.ascontiguousarray(inputs)), "label": self._label(case_id)[z]}
         if self.instructions is not None:
             sample["text"] = torch.from_numpy(self.instructions.for_case(case_id)[z])
         return sample

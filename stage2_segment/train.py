@@ -40,6 +40,7 @@ from stage2_segment.losses import union_loss
 from stage2_segment.metrics import VolumeOverlap
 from stage2_segment.modeling.encoders import FrozenImageEncoder
 from stage2_segment.modeling.segmenter import FUSIONS, SegmenterConfig, ZeusSegmenter
+from stage2_segment.modeling.unet import UNetBaseline
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ TEXT_MODES = {
 
 @dataclass(frozen=True)
 class TrainConfig:
+    model: str = "zeus"  # zeus | unet (the from-scratch baseline: no encoder, no text)
     fusion: str = "late"
     text: str = "instructions"  # instructions | template | none
     instructions_tag: str | None = None  # default: the stage-1 tag of ``text``
@@ -71,6 +73,8 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.model not in ("zeus", "unet"):
+            raise ZeusError(f"--model must be zeus or unet, got {self.model!r}")
         if self.fusion not in FUSIONS:
             raise ZeusError(f"--fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.text not in TEXT_MODES:
@@ -80,11 +84,13 @@ class TrainConfig:
 
     @property
     def tag(self) -> str | None:
-        return self.instructions_tag or TEXT_MODES[self.text]
+        return None if self.model == "unet" else self.instructions_tag or TEXT_MODES[self.text]
 
     @property
     def name(self) -> str:
-        return self.run_name or f"{self.fusion}__text-{self.text}__fold{self.fold}"
+        if self.run_name:
+            return self.run_name
+        return f"unet__fold{self.fold}" if self.model == "unet" else f"{self.fusion}__text-{self.text}__fold{self.fold}"
 
 
 @dataclass
@@ -140,26 +146,12 @@ class Trainer:
         self.cases.prepare(progress=progress and self.dist.main, workers=1)
         splits = ensure_splits(dataset.name, self.cases.cached_case_ids())
         self.train_ids, self.val_ids = (list(ids) for ids in splits.fold(config.fold))
-        early = config.fusion == "early"
-        encoder = FrozenImageEncoder.early_fusion(len(manifest.modalities)) if early else FrozenImageEncoder()
-        self.features = FeatureCache(self.cases, encoder, early=early, device=str(self.device))
-        if self.dist.main:
-            self.features.ensure(self.train_ids + self.val_ids, progress=progress)
-        self._barrier()
+        self.features = self._features() if config.model == "zeus" else None
         table = InstructionTable(manifest, config.tag) if config.tag else None
         self.train_set = SliceDataset(self.train_ids, self.cases, self.features, table)
         self.val_set = SliceDataset(self.val_ids, self.cases, self.features, table) if self.val_ids else None
         seed_everything(config.seed)
-        self.model = ZeusSegmenter(
-            SegmenterConfig(
-                fusion=config.fusion,
-                num_modalities=len(manifest.modalities),
-                num_targets=len(manifest.targets),
-                text_dim=table.dim if table else 384,
-                use_text=table is not None,
-                num_tokens=config.num_tokens,
-            )
-        ).to(self.device)
+        self.model = self._model(table).to(self.device)
         self.ddp_model = (
             torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
@@ -176,6 +168,30 @@ class Trainer:
         )
         self.epoch, self.best_dice, self.stale_epochs = 0, -1.0, 0
 
+    def _features(self) -> FeatureCache:
+        early = self.config.fusion == "early"
+        channels = len(self.dataset.manifest.modalities)
+        encoder = FrozenImageEncoder.early_fusion(channels) if early else FrozenImageEncoder()
+        features = FeatureCache(self.cases, encoder, early=early, device=str(self.device))
+        if self.dist.main:
+            features.ensure(self.train_ids + self.val_ids, progress=self.progress)
+        self._barrier()
+        return features
+
+    def _model(self, table: InstructionTable | None) -> torch.nn.Module:
+        manifest = self.dataset.manifest
+        if self.config.model == "unet":
+            return UNetBaseline(len(manifest.modalities), len(manifest.targets))
+        segmenter = SegmenterConfig(
+            fusion=self.config.fusion,
+            num_modalities=len(manifest.modalities),
+            num_targets=len(manifest.targets),
+            text_dim=table.dim if table else 384,
+            use_text=table is not None,
+            num_tokens=self.config.num_tokens,
+        )
+        return ZeusSegmenter(segmenter)
+
     # -- state ----------------------------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
@@ -187,7 +203,7 @@ class Trainer:
             "best_dice": self.best_dice,
             "stale_epochs": self.stale_epochs,
             "config": asdict(self.config),
-            "segmenter": asdict(self.model.config),
+            "segmenter": asdict(self.model.config) if isinstance(self.model, ZeusSegmenter) else None,
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
@@ -271,7 +287,7 @@ class Trainer:
         for batch in bar:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with self.autocast:
-                logits = self.ddp_model(batch["image_embeddings"], batch.get("text"))
+                logits = self.ddp_model(batch["inputs"], batch.get("text"))
             loss = union_loss(logits, batch["label"])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -293,7 +309,7 @@ class Trainer:
         for batch in loader:
             case_ids = [next(index)[0] for _ in range(len(batch["label"]))]
             with self.autocast:
-                logits = self.model(batch["image_embeddings"].to(self.device), _to(batch.get("text"), self.device))
+                logits = self.model(batch["inputs"].to(self.device), _to(batch.get("text"), self.device))
             overlap.update(case_ids, logits.argmax(dim=1).cpu(), batch["label"])
         return overlap.mean_dice_per_class()
 
@@ -306,9 +322,9 @@ class Trainer:
             {
                 "dataset": self.dataset.name,
                 "train": asdict(self.config),
-                "segmenter": asdict(self.model.config),
+                "segmenter": asdict(self.model.config) if isinstance(self.model, ZeusSegmenter) else None,
                 "parameters": self.model.parameter_counts(),
-                "encoder": self.features.encoder.name,
+                "encoder": self.features.encoder.name if self.features else None,
                 "train_cases": self.train_ids,
                 "val_cases": self.val_ids,
                 "git_revision": _git_revision(),

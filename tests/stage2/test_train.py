@@ -26,7 +26,7 @@ def test_samples_carry_embeddings_instructions_and_class_labels(stage2_dataset):
     data = SliceDataset(["demo_001"], cases, features, table)
     assert len(data) == 3
     sample = data[1]
-    assert sample["image_embeddings"].shape == (3, 256, 64, 64) and sample["image_embeddings"].dtype == torch.float32
+    assert sample["inputs"].shape == (3, 256, 64, 64) and sample["inputs"].dtype == torch.float32
     assert sample["text"].shape == (4, 4, 384)  # (3 modalities + union) x 4 targets x 384
     assert sample["label"].shape == (256, 256) and sample["label"].dtype == torch.int64
     assert set(sample["label"].unique().tolist()) <= {0, 1, 2, 3, 4}
@@ -103,6 +103,16 @@ def test_run_folder_and_best_checkpoint_by_validation_dice(stage2_dataset):
     # a checkpoint loads strictly into a fresh model
     fresh = ZeusSegmenter(SegmenterConfig(**best["segmenter"]))
     fresh.load_state_dict(best["model"], strict=True)
+
+
+def test_unet_baseline_trains_on_the_same_slices_without_encoder_or_text(stage2_dataset):
+    trainer = _trainer(stage2_dataset, model="unet", epochs=1, lr=1e-3)
+    assert trainer.features is None and trainer.train_set.instructions is None
+    sample = trainer.train_set[0]
+    assert sample["inputs"].shape == (3, 256, 256) and "text" not in sample
+    result = trainer.fit()
+    assert result["epochs"] == 1 and trainer.run_dir.name == "unet__fold0"
+    assert trainer.model.parameter_counts()["frozen"] == 0
 
 
 @pytest.mark.slow
