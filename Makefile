@@ -66,8 +66,10 @@ BACKEND ?= offline
 instructions: setup
 	$(ZEUS) instructions $(DATASET) $(ROOT_OPT) --backend $(BACKEND)
 
+TEXT ?= instructions
+EPOCHS ?= 10
 train: setup
-	$(ZEUS) train $(DATASET) --fusion $(FUSION)
+	$(ZEUS) train $(DATASET) $(ROOT_OPT) --fusion $(FUSION) --text $(TEXT) --epochs $(EPOCHS)
 
 report: setup
 	$(ZEUS) report
@@ -75,6 +77,7 @@ report: setup
 bench: setup
 	$(BIN)/python benchmarks/prepare_data.py
 	$(BIN)/python benchmarks/instructions.py
+	$(BIN)/python benchmarks/train.py
 
 clean:
 	rm -rf .zeus reports

@@ -13,6 +13,10 @@ def train(
     root: Annotated[Path | None, typer.Option("--root", help="Folder holding the dataset.")] = None,
     model: Annotated[str, typer.Option(help="zeus, or unet (a 2-D U-Net from scratch: the baseline).")] = "zeus",
     fusion: Annotated[str, typer.Option(help="early, hybrid or late.")] = "late",
+    encoder: Annotated[str, typer.Option(help="Frozen image encoder: litemedsam, or sam-vit-b.")] = "litemedsam",
+    encoder_checkpoint: Annotated[
+        Path | None, typer.Option(help="SAM / MedSAM ViT-B checkpoint (.pth) for --encoder sam-vit-b.")
+    ] = None,
     text: Annotated[
         str, typer.Option(help="instructions, template (no-LLM instructions) or none (class tokens).")
     ] = "instructions",
@@ -35,6 +39,8 @@ def train(
 
     config = TrainConfig(
         model=model,
+        encoder=encoder,
+        encoder_checkpoint=str(encoder_checkpoint) if encoder_checkpoint else None,
         fusion=fusion,
         text=text,
         instructions_tag=instructions_tag,

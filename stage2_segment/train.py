@@ -54,6 +54,8 @@ TEXT_MODES = {
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = "zeus"  # zeus | unet (the from-scratch baseline: no encoder, no text)
+    encoder: str = "litemedsam"  # litemedsam | sam-vit-b (needs encoder_checkpoint)
+    encoder_checkpoint: str | None = None
     fusion: str = "late"
     text: str = "instructions"  # instructions | template | none
     instructions_tag: str | None = None  # default: the stage-1 tag of ``text``
@@ -170,8 +172,9 @@ class Trainer:
 
     def _features(self) -> FeatureCache:
         early = self.config.fusion == "early"
-        channels = len(self.dataset.manifest.modalities)
-        encoder = FrozenImageEncoder.early_fusion(channels) if early else FrozenImageEncoder()
+        checkpoint = Path(self.config.encoder_checkpoint) if self.config.encoder_checkpoint else None
+        channels = len(self.dataset.manifest.modalities) if early else None
+        encoder = FrozenImageEncoder.build(self.config.encoder, checkpoint, early_channels=channels)
         features = FeatureCache(self.cases, encoder, early=early, device=str(self.device))
         if self.dist.main:
             features.ensure(self.train_ids + self.val_ids, progress=self.progress)

