@@ -139,10 +139,11 @@ class InstructionGenerator:
         stats.cached = sum(r.key in existing for r in requests)
         if stats.cached == len(requests) == len(existing):
             return stats
-        modality = {r.key: r for r in requests if r.modality != UNION}
+        by_key = {r.key: r for r in requests if r.modality != UNION}
         todo = [r for r in requests if r.key not in existing]
-        needed = {k for r in todo for k in ((r.key,) if r.modality != UNION else r.components)}
-        descriptions = self._describe(case, [modality[k] for k in needed if k in modality], existing, stats)
+        # ordered (not a set): batches, and so batched LLM outputs, must not depend on hash randomisation
+        needed = dict.fromkeys(k for r in todo for k in ((r.key,) if r.modality != UNION else r.components))
+        descriptions = self._describe(case, [by_key[k] for k in needed], existing, stats)
         texts = self._instruct(todo, descriptions, stats)
         vectors = self._embed(list(texts.values()), stats)
         rows = [
