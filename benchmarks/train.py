@@ -147,7 +147,7 @@ def phase_train(args) -> dict:
         batch_size=4,
     )
     result = train(resolve_dataset("demo"), config, progress=False)
-    rows = list(csv.DictReader((runs_dir("demo") / args.run_name / "log.csv").open()))
+    rows = list(csv.DictReader((runs_dir("demo") / args.run_name / "log.csv").open(encoding="utf-8")))
     best = max(rows, key=lambda r: float(r["val_dice"] or 0))
     result["dice"] = {k[5:]: best[k] for k in best if k.startswith("dice_")}
     result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

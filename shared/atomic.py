@@ -31,4 +31,4 @@ def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8"))

@@ -160,7 +160,7 @@ class CaseCache:
         path = self.case_dir(case_id) / "meta.json"
         if not path.is_file():
             raise ZeusError(f"case {case_id!r} of {self.dataset.name!r} is not prepared: run `zeus data prepare`")
-        return CaseMeta.from_json(json.loads(path.read_text()))
+        return CaseMeta.from_json(json.loads(path.read_text(encoding="utf-8")))
 
     def load(self, case_id: str, *, with_label: bool = True) -> PreprocessedCase:
         meta = self.meta(case_id)
@@ -201,7 +201,7 @@ def _build_entry(
         raise DataError(sources.problems)
     image_signature = files_signature(sources.image_files())
     meta_path = case_dir / "meta.json"
-    meta = CaseMeta.from_json(json.loads(meta_path.read_text())) if meta_path.is_file() else None
+    meta = CaseMeta.from_json(json.loads(meta_path.read_text(encoding="utf-8"))) if meta_path.is_file() else None
     if overwrite or meta is None or meta.image_signature != image_signature:
         meta = _build_images(dataset, size, case_dir, sources, image_signature)
     elif not with_labels or _label_current(meta, sources, case_dir, dataset.manifest.reference_modality):

@@ -146,7 +146,7 @@ def data_list() -> None:
     from shared.manifest import MANIFEST_DIR, builtin_manifests
 
     for name in builtin_manifests():
-        title = json.loads((MANIFEST_DIR / f"{name}.json").read_text()).get("title", "")
+        title = json.loads((MANIFEST_DIR / f"{name}.json").read_text(encoding="utf-8")).get("title", "")
         typer.echo(f"{name:14s} {title}")
 
 

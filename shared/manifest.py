@@ -208,7 +208,7 @@ def _resolve_root(manifest: Manifest, root: Path | None) -> Path:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ZeusError(f"cannot read {path} as JSON: {e}") from None
     if not isinstance(data, dict):

@@ -81,7 +81,7 @@ def load_splits(dataset: str, path: Path | None = None) -> Splits:
     path = path or splits_path(dataset)
     if not path.is_file():
         raise ZeusError(f"no splits for {dataset} at {path}: run `zeus data prepare {dataset}` first")
-    return Splits.from_json(json.loads(path.read_text()))
+    return Splits.from_json(json.loads(path.read_text(encoding="utf-8")))
 
 
 def ensure_splits(

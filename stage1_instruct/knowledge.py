@@ -33,7 +33,7 @@ class TargetKnowledge:
 def _entries() -> dict[str, dict]:
     entries: dict[str, dict] = {}
     for path in sorted(KNOWLEDGE_DIR.glob("*.json")):
-        entries.update({k.lower(): v for k, v in json.loads(path.read_text())["targets"].items()})
+        entries.update({k.lower(): v for k, v in json.loads(path.read_text(encoding="utf-8"))["targets"].items()})
     return entries
 
 

@@ -19,7 +19,12 @@ class Prompts:
 
     @classmethod
     def load(cls, folder: Path = PROMPT_DIR) -> Prompts:
-        return cls(*((folder / f"{name}.txt").read_text().strip() for name in ("describe", "instruct", "union")))
+        return cls(
+            *(
+                (folder / f"{name}.txt").read_text(encoding="utf-8").strip()
+                for name in ("describe", "instruct", "union")
+            )
+        )
 
     @property
     def hash(self) -> str:

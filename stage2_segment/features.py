@@ -47,7 +47,10 @@ class FeatureCache:
         sidecar = self.folder / f"{case_id}.json"
         if not (self.path(case_id).is_file() and sidecar.is_file()):
             return False
-        return json.loads(sidecar.read_text()).get("image_signature") == self.cases.meta(case_id).image_signature
+        return (
+            json.loads(sidecar.read_text(encoding="utf-8")).get("image_signature")
+            == self.cases.meta(case_id).image_signature
+        )
 
     def ensure(self, case_ids: list[str], progress: bool = True) -> int:
         """Compute the embeddings of the cases not cached yet; returns how many cases were computed."""

@@ -349,7 +349,7 @@ class Trainer:
         }
         path = self.run_dir / "log.csv"
         new = not path.is_file()
-        with path.open("a", newline="") as f:
+        with path.open("a", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(row))
             if new:
                 writer.writeheader()

@@ -38,7 +38,7 @@ def write_msd(root: Path, config: DemoConfig = TINY) -> Path:
     cases = phantoms(config)
     for phantom in cases:
         write_msd_case(folder, phantom, config)
-    (folder / "dataset.json").write_text(json.dumps(msd_dataset_json(cases)))
+    (folder / "dataset.json").write_text(json.dumps(msd_dataset_json(cases)), encoding="utf-8")
     return folder
 
 
@@ -68,7 +68,7 @@ def write_nnunet(root: Path, config: DemoConfig = TINY) -> Path:
         "numTraining": config.cases,
         "file_ending": ".nii.gz",
     }
-    (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json), encoding="utf-8")
     return folder
 
 

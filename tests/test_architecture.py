@@ -17,7 +17,7 @@ ALLOWED_TO_COMPOSE = {ROOT / "shared" / "cli.py"}  # the one composition root
 
 
 def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

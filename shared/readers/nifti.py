@@ -95,7 +95,7 @@ class MsdLayout:
         listing = self.root / "dataset.json"
         if listing.is_file():
             try:
-                training = json.loads(listing.read_text()).get("training", [])
+                training = json.loads(listing.read_text(encoding="utf-8")).get("training", [])
             except json.JSONDecodeError as e:
                 raise ZeusError(f"{listing} is not valid JSON: {e}") from None
             entries = {}

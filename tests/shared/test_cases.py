@@ -94,12 +94,12 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     atomic.write_json(target, {"v": 1})
 
     def fail(tmp):
-        tmp.write_text("half")
+        tmp.write_text("half", encoding="utf-8")
         raise OSError("disk full")
 
     with pytest.raises(OSError):
         atomic.write_atomic(target, fail)
-    assert target.read_text().strip().endswith("}") and '"v": 1' in target.read_text()
+    assert target.read_text(encoding="utf-8").strip().endswith("}") and '"v": 1' in target.read_text(encoding="utf-8")
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 

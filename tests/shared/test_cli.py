@@ -29,12 +29,12 @@ def test_demo_data_check_prepare_fingerprint(zeus_home, tmp_path):
     out = _ok("data", "prepare", "demo", "--workers", "1", "--image-size", "64")
     assert "3 built, 0 already cached" in out
     assert "0 built, 3 already cached" in _ok("data", "prepare", "demo", "--workers", "1", "--image-size", "64")
-    splits = json.loads((zeus_home / "splits" / "demo.json").read_text())
+    splits = json.loads((zeus_home / "splits" / "demo.json").read_text(encoding="utf-8"))
     assert len(splits["test"]) == 1 and len(splits["folds"]) == 2
 
     target = tmp_path / "fp.json"
     _ok("data", "fingerprint", "demo", "--json", str(target))
-    fingerprint = json.loads(target.read_text())
+    fingerprint = json.loads(target.read_text(encoding="utf-8"))
     assert fingerprint["dataset"] == "demo"
     case = fingerprint["cases"]["demo_001"]
     assert case["shape"] == [128, 128, 8] and case["spacing"] == [3.0, 3.0, 8.0]

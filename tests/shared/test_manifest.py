@@ -44,7 +44,7 @@ def test_demo_root_defaults_to_the_workspace(zeus_home):
 
 def _write(folder, data):
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "dataset.json").write_text(json.dumps(data))
+    (folder / "dataset.json").write_text(json.dumps(data), encoding="utf-8")
     return folder
 
 
@@ -106,11 +106,12 @@ def test_bad_manifest_file_is_a_clear_error(tmp_path):
                 "labels": {"background": 0, "x": 1},
                 "reference_modality": "ADC",
             }
-        )
+        ),
+        encoding="utf-8",
     )
     with pytest.raises(ZeusError, match="reference modality 'ADC' is not in"):
         resolve_dataset(str(path), tmp_path)
-    path.write_text(json.dumps({"name": "mine", "layout": "msd"}))
+    path.write_text(json.dumps({"name": "mine", "layout": "msd"}), encoding="utf-8")
     with pytest.raises(ZeusError, match="missing or malformed field"):
         resolve_dataset(str(path), tmp_path)
     with pytest.raises(ZeusError, match="unknown dataset 'nope'"):

@@ -38,7 +38,7 @@ def test_tiny_datasets_still_split():
 
 def test_splits_are_persisted_and_reused(zeus_home):
     first = ensure_splits("ds", CASES, seed=0)
-    stored = json.loads(splits_path("ds").read_text())
+    stored = json.loads(splits_path("ds").read_text(encoding="utf-8"))
     assert stored["test"] == list(first.test)
     assert ensure_splits("ds", CASES, seed=99) == first  # the persisted file wins over a new seed
     assert load_splits("ds") == first

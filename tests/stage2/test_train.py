@@ -81,7 +81,7 @@ def test_resume_continues_exactly(stage2_dataset):
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
     assert straight.scheduler.get_last_lr() == resumed.scheduler.get_last_lr()
-    rows = list(csv.DictReader((resumed.run_dir / "log.csv").open()))
+    rows = list(csv.DictReader((resumed.run_dir / "log.csv").open(encoding="utf-8")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
 
 
@@ -89,11 +89,11 @@ def test_run_folder_and_best_checkpoint_by_validation_dice(stage2_dataset):
     trainer = _trainer(stage2_dataset, run_name="run", epochs=2)
     result = trainer.fit()
     run = trainer.run_dir
-    info = json.loads((run / "config.json").read_text())
+    info = json.loads((run / "config.json").read_text(encoding="utf-8"))
     splits = load_splits(stage2_dataset.name)
     assert info["train_cases"] == list(splits.fold(0)[0]) and info["val_cases"] == list(splits.fold(0)[1])
     assert info["parameters"]["trainable"] > 4e6 and len(info["git_revision"]) > 0
-    rows = list(csv.DictReader((run / "log.csv").open()))
+    rows = list(csv.DictReader((run / "log.csv").open(encoding="utf-8")))
     assert {"train_loss", "val_dice", "dice_liver", "dice_spleen", "lr"} <= set(rows[0])
     best = torch.load(run / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
     dices = [float(r["val_dice"]) for r in rows]
@@ -161,6 +161,6 @@ def test_ddp_with_torchrun_on_cpu(stage2_dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("trained 1 epoch(s)") == 2  # both ranks finish
     run = tmp_path / "home" / "runs" / stage2_dataset.name / "ddp"
-    rows = list(csv.DictReader((run / "log.csv").open()))
+    rows = list(csv.DictReader((run / "log.csv").open(encoding="utf-8")))
     assert len(rows) == 1 and rows[0]["val_dice"] != ""
     assert (run / "checkpoints" / "last.pt").is_file()
