@@ -150,8 +150,18 @@ def phase_train(args) -> dict:
     rows = list(csv.DictReader((runs_dir("demo") / args.run_name / "log.csv").open(encoding="utf-8")))
     best = max(rows, key=lambda r: float(r["val_dice"] or 0))
     result["dice"] = {k[5:]: best[k] for k in best if k.startswith("dice_")}
-    result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_mib"] = _peak_mib()
     return result
+
+
+def _peak_mib() -> float:
+    """This process's peak resident memory. VmHWM belongs to the process image, so unlike ``ru_maxrss`` (which
+    Linux carries across exec) it does not include the parent's memory at the time it was started."""
+    with open("/proc/self/status", encoding="utf-8") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -160,6 +170,8 @@ def main() -> None:
     parser.add_argument("--slices-per-epoch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--skip-fusions", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--runs", default="early,hybrid,late,unet", help="which trainings to run")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="zeus", help=argparse.SUPPRESS)
     parser.add_argument("--fusion", default="late", help=argparse.SUPPRESS)
@@ -171,8 +183,22 @@ def main() -> None:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _setup_demo()
-    r = cache_speedup(args.steps)
     print(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}, torch threads {torch.get_num_threads()}")
+    if not args.skip_speed:
+        _print_speed(cache_speedup(args.steps))
+    if args.skip_fusions:
+        return
+    for name in args.runs.split(","):
+        model, fusion = ("unet", "late") if name == "unet" else ("zeus", name)
+        result = _train_run(model, fusion, args.epochs, args.slices_per_epoch)
+        dice = ", ".join(f"{k} {float(v):.3f}" if v else f"{k} n/a" for k, v in result["dice"].items())
+        print(
+            f"{name:7s}: {args.epochs} epochs x {args.slices_per_epoch} slices in {result['seconds']:.0f} s, "
+            f"peak memory {result['peak_mib']:.0f} MiB, best val Dice {result['best_val_dice']:.3f} ({dice})"
+        )
+
+
+def _print_speed(r: dict) -> None:
     print(
         f"cached embeddings: {r['cached_slices_per_s']:.2f} slices/s; recomputing the encoder: "
         f"{r['recompute_slices_per_s']:.2f} slices/s; speed-up {r['speedup']:.1f}x (FLOP bound {r['bound']:.1f}x "
@@ -182,16 +208,6 @@ def main() -> None:
         f"data pipeline: {r['loader_steps_per_s']:.2f} steps/s through the loader vs {r['memory_steps_per_s']:.2f} "
         f"in memory = {100 * r['loader_steps_per_s'] / r['memory_steps_per_s']:.0f} %"
     )
-    if args.skip_fusions:
-        return
-    for model, fusion in (("zeus", "early"), ("zeus", "hybrid"), ("zeus", "late"), ("unet", "late")):
-        result = _train_run(model, fusion, args.epochs, args.slices_per_epoch)
-        name = "unet" if model == "unet" else fusion
-        dice = ", ".join(f"{k} {float(v):.3f}" if v else f"{k} n/a" for k, v in result["dice"].items())
-        print(
-            f"{name:7s}: {args.epochs} epochs x {args.slices_per_epoch} slices in {result['seconds']:.0f} s, "
-            f"peak RSS {result['peak_mib']:.0f} MiB, best val Dice {result['best_val_dice']:.3f} ({dice})"
-        )
 
 
 if __name__ == "__main__":

@@ -240,6 +240,11 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg = self.config
+        if self.epoch == 0 and (self.run_dir / "checkpoints" / "last.pt").is_file():
+            raise ZeusError(
+                f"run {self.run_dir} already has checkpoints: pass --resume to continue it, "
+                "or --run-name for a new run (or delete the folder)"
+            )
         if self.dist.main:
             self._write_run_info()
             log.info("parameters: %s", self.model.parameter_counts())

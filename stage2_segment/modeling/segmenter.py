@@ -18,9 +18,11 @@ Text ``none`` (a baseline): learned per-target tokens instead of projected instr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from stage2_segment.modeling.decoder import build_mask_decoder, build_prompt_encoder
 from stage2_segment.modeling.fusion import EmbeddingFusion, LogitFusion
@@ -38,6 +40,9 @@ class SegmenterConfig:
     use_text: bool = True
     num_tokens: int = 2
     pretrained: bool = True
+    # Late fusion keeps one decoder's activations per modality for backward; recomputing them in the backward
+    # pass instead (activation checkpointing) cuts the peak memory by about the modality count.
+    checkpoint_modalities: bool = True
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -67,10 +72,11 @@ class ZeusSegmenter(nn.Module):
         cfg = self.config
         b = image_embeddings.shape[0]
         if cfg.fusion == "late":
-            per_modality = torch.stack(
-                [self._decode(image_embeddings[:, m], self._tokens(text, m, b)) for m in range(cfg.num_modalities)], 1
-            )
-            logits = self.logit_fusion(per_modality)
+            decode = self._decode
+            if cfg.checkpoint_modalities and self.training and torch.is_grad_enabled():
+                decode = partial(checkpoint, self._decode, use_reentrant=False)
+            per_modality = [decode(image_embeddings[:, m], self._tokens(text, m, b)) for m in range(cfg.num_modalities)]
+            logits = self.logit_fusion(torch.stack(per_modality, 1))
         elif cfg.fusion == "hybrid":
             fused = self.embedding_fusion(image_embeddings)
             tokens = torch.cat([self._tokens(text, m, b) for m in range(cfg.num_modalities)], dim=2)

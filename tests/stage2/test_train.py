@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from shared.cases import CaseCache
+from shared.errors import ZeusError
 from shared.splits import load_splits
 from stage2_segment.data import SliceDataset
 from stage2_segment.features import FeatureCache
 from stage2_segment.instructions import InstructionTable
+from stage2_segment.losses import union_loss
 from stage2_segment.modeling.encoders import FrozenImageEncoder
 from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
 from stage2_segment.train import TrainConfig, Trainer
@@ -44,6 +46,21 @@ def test_each_fusion_gives_union_logits_and_single_modality_works(fusion):
         assert logits.shape == (2, 5, 256, 256)
     counts = model.parameter_counts()
     assert 4.4e6 < counts["trainable"] < 4.8e6 and counts["frozen"] > 0
+
+
+def test_late_fusion_activation_checkpointing_keeps_the_gradients():
+    torch.manual_seed(0)
+    plain = ZeusSegmenter(SegmenterConfig(fusion="late", num_modalities=2, num_targets=2, checkpoint_modalities=False))
+    checkpointed = ZeusSegmenter(SegmenterConfig(fusion="late", num_modalities=2, num_targets=2))
+    checkpointed.load_state_dict(plain.state_dict())
+    images, text = torch.randn(1, 2, 256, 64, 64), torch.randn(1, 3, 2, 384)
+    labels = torch.randint(0, 3, (1, 256, 256))
+    for model in (plain, checkpointed):
+        model.train()
+        union_loss(model(images, text), labels).backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_text_none_uses_class_tokens():
@@ -83,6 +100,8 @@ def test_resume_continues_exactly(stage2_dataset):
     assert straight.scheduler.get_last_lr() == resumed.scheduler.get_last_lr()
     rows = list(csv.DictReader((resumed.run_dir / "log.csv").open(encoding="utf-8")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
+    with pytest.raises(ZeusError, match="pass --resume to continue"):
+        _trainer(stage2_dataset, run_name="straight").fit()
 
 
 def test_run_folder_and_best_checkpoint_by_validation_dice(stage2_dataset):
