@@ -23,11 +23,12 @@ from cachetools import LRUCache
 
 from shared.cases import PreprocessedCase
 from shared.manifest import Dataset
+from shared.schema import UNION
 from stage1_instruct.backends import Models
 from stage1_instruct.config import Stage1Config
 from stage1_instruct.describe import DescribeItem, Description, description_text
 from stage1_instruct.describe.image_facts import has_body
-from stage1_instruct.instruct import UNION, InstructItem
+from stage1_instruct.instruct import InstructItem
 from stage1_instruct.knowledge import knowledge_hash
 from stage1_instruct.models import package_version
 from stage1_instruct.prompts import Prompts, render

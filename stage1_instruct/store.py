@@ -19,33 +19,7 @@ import pyarrow.parquet as pq
 
 from shared.atomic import write_atomic
 from shared.errors import ZeusError
-
-PROVENANCE_KEY = b"zeus.provenance"
-
-
-def schema(dim: int) -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field("dataset", pa.string(), nullable=False),
-            pa.field("case_id", pa.string(), nullable=False),
-            pa.field("slice_index", pa.int32(), nullable=False),
-            pa.field("modality", pa.string(), nullable=False),
-            pa.field("target", pa.string(), nullable=False),
-            pa.field("label_value", pa.int16(), nullable=False),
-            pa.field("request_key", pa.string(), nullable=False),
-            pa.field("has_body", pa.bool_(), nullable=False),
-            pa.field("description", pa.string(), nullable=False),
-            pa.field("instruction", pa.string(), nullable=False),
-            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
-            pa.field("describe_model", pa.string(), nullable=False),
-            pa.field("instruct_model", pa.string(), nullable=False),
-            pa.field("embed_model", pa.string(), nullable=False),
-            pa.field("prompt_hash", pa.string(), nullable=False),
-        ]
-    )
-
-
-COLUMNS = tuple(schema(1).names)
+from shared.schema import COLUMNS, PROVENANCE_KEY, schema
 
 
 def to_table(rows: list[dict[str, Any]], dim: int, provenance: dict[str, Any]) -> pa.Table:
@@ -60,12 +34,6 @@ def to_table(rows: list[dict[str, Any]], dim: int, provenance: dict[str, Any]) -
     ]
     meta = {PROVENANCE_KEY: json.dumps(provenance, sort_keys=True).encode()}
     return pa.Table.from_arrays(arrays, schema=schema(dim).with_metadata(meta))
-
-
-def embeddings(table: pa.Table) -> np.ndarray:
-    """``[N, D]`` float32 view of the embedding column."""
-    column = table.column("embedding").combine_chunks()
-    return column.values.to_numpy(zero_copy_only=False).reshape(len(table), column.type.list_size)
 
 
 class InstructionStore:

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 
 from shared.errors import ZeusError
 from shared.manifest import Manifest
+from shared.schema import UNION, embeddings
 from shared.workspace import instructions_dir
 
-UNION = "union"
 COLUMNS = ["slice_index", "modality", "target", "embedding"]
 
 
@@ -42,8 +42,7 @@ class InstructionTable:
         slices = np.asarray(table.column("slice_index"))
         rows = np.asarray([self.rows[m] for m in table.column("modality").to_pylist()])
         cols = np.asarray([self.columns[t] for t in table.column("target").to_pylist()])
-        embedding = table.column("embedding").combine_chunks()
-        vectors = embedding.values.to_numpy(zero_copy_only=False).reshape(len(table), self.dim)
+        vectors = embeddings(table)
         out = np.full((slices.max() + 1, len(self.rows), len(self.columns), self.dim), np.nan, np.float32)
         out[slices, rows, cols] = vectors
         if np.isnan(out).any():

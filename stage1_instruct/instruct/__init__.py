@@ -10,8 +10,6 @@ from typing import Protocol
 
 from stage1_instruct.describe import Description
 
-UNION = "union"
-
 
 @dataclass(frozen=True)
 class InstructItem:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from stage1_instruct.instruct import UNION, InstructItem
+from shared.schema import UNION
+from stage1_instruct.instruct import InstructItem
 
 
 class TemplateInstructor:

@@ -10,11 +10,11 @@ import pytest
 from shared.cases import CaseCache, CaseMeta, PreprocessedCase
 from shared.geometry import Geometry
 from shared.preprocess import SliceTransform
+from shared.schema import embeddings
 from stage1_instruct.backends import build_models
 from stage1_instruct.config import Stage1Config
 from stage1_instruct.generate import InstructionGenerator
 from stage1_instruct.runners import Shard, run_local, store_for
-from stage1_instruct.store import embeddings
 
 TEMPLATE = Stage1Config(instruct="template", image_size=64)
 

@@ -5,9 +5,9 @@ import pytest
 from typer.testing import CliRunner
 
 from shared.cli import app
+from shared.schema import embeddings
 from stage1_instruct.config import Stage1Config
 from stage1_instruct.runners import run_local, run_ray, store_for
-from stage1_instruct.store import embeddings
 
 TEMPLATE = Stage1Config(instruct="template", image_size=64)
 

@@ -5,7 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stage1_instruct.store import InstructionStore, embeddings, schema, to_table
+from shared.schema import embeddings, schema
+from stage1_instruct.store import InstructionStore, to_table
 
 
 def _row(i: int, dim: int) -> dict:
