@@ -23,6 +23,7 @@ from cachetools import LRUCache
 
 from shared.cases import PreprocessedCase
 from shared.manifest import Dataset
+from shared.provenance import package_versions
 from shared.schema import UNION
 from stage1_instruct.backends import Models
 from stage1_instruct.config import Stage1Config
@@ -30,7 +31,6 @@ from stage1_instruct.describe import DescribeItem, Description, description_text
 from stage1_instruct.describe.image_facts import has_body
 from stage1_instruct.instruct import InstructItem
 from stage1_instruct.knowledge import knowledge_hash
-from stage1_instruct.models import package_version
 from stage1_instruct.prompts import Prompts, render
 from stage1_instruct.store import InstructionStore, to_table
 
@@ -297,6 +297,6 @@ class InstructionGenerator:
             },
             "knowledge_hash": self.fingerprint["knowledge"],
             "generation": self.config.generation_params(),
-            "packages": {name: package_version(name) for name in packages},
+            "packages": package_versions(*packages),
             "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 from pathlib import Path
 
@@ -18,13 +17,6 @@ def package_dir(module: str, pip_name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ZeusError(f"the default model needs the package {pip_name!r}: pip install {pip_name}")
     return Path(next(iter(spec.submodule_search_locations)))
-
-
-def package_version(pip_name: str) -> str:
-    try:
-        return importlib.metadata.version(pip_name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def smollm2_gguf() -> Path:

@@ -27,7 +27,7 @@ from stage2_segment.instructions import InstructionTable
 
 
 def class_lookup(manifest: Manifest) -> np.ndarray:
-    """uint8[256]: label value -> class index (0 background, t + 1 for the t-th target)."""
+    """int64[256]: label value -> class index (0 background, t + 1 for the t-th target)."""
     lut = np.zeros(256, np.int64)
     for index, value in enumerate(manifest.targets.values()):
         lut[value] = index + 1

