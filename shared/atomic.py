@@ -10,12 +10,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import SimpleITK as sitk
+
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -28,6 +30,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
     with atomic_path(path) as tmp:
         write(tmp)
+
+
+def write_image(path: Path, image: sitk.Image) -> None:
+    """An image file (NIfTI, ...); the temporary file keeps the extension, which tells ITK the format."""
+    extension = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
+    with atomic_path(path, suffix=f".tmp{extension}") as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
 
 
 def write_json(path: Path, obj: Any) -> None:

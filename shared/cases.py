@@ -156,6 +156,11 @@ class CaseCache:
         bar.close()
         return summary
 
+    def prepare_sources(self, sources: CaseSources, *, overwrite: bool = False) -> CaseMeta:
+        """Build the image entry of a case that is not part of the dataset's folder (a new scan to predict)."""
+        _build_entry(self.dataset, self.image_size, self.case_dir(sources.case_id), sources, False, overwrite)
+        return self.meta(sources.case_id)
+
     def meta(self, case_id: str) -> CaseMeta:
         path = self.case_dir(case_id) / "meta.json"
         if not path.is_file():

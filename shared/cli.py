@@ -13,6 +13,8 @@ from typer.core import TyperGroup
 
 from shared.errors import DataError, ZeusError
 from stage1_instruct.cli import app as instructions_app
+from stage2_segment.cli import evaluate as evaluate_command
+from stage2_segment.cli import report as report_command
 from stage2_segment.cli import train as train_command
 
 
@@ -42,6 +44,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Check, fingerprint and prepar
 app.add_typer(data_app, name="data")
 app.add_typer(instructions_app, name="instructions")
 app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)
+app.command("report")(report_command)
 
 DatasetArg = Annotated[
     str,
@@ -67,12 +71,13 @@ def demo_data(
     cases: Annotated[int, typer.Option(min=1, help="Number of synthetic patients.")] = 6,
     slices: Annotated[int, typer.Option(min=2, help="Slices per volume.")] = 16,
     seed: int = 0,
+    overwrite: Annotated[bool, typer.Option(help="Rewrite the files even if this demo is already there.")] = False,
 ) -> None:
     """Write the synthetic multimodal demo dataset in the MSD NIfTI and the CHAOS DICOM+PNG layouts."""
     from shared.demo import DemoConfig, write_demo
     from shared.workspace import demo_dir
 
-    roots = write_demo(out or demo_dir(), DemoConfig(cases=cases, slices=slices, seed=seed))
+    roots = write_demo(out or demo_dir(), DemoConfig(cases=cases, slices=slices, seed=seed), overwrite=overwrite)
     typer.echo(f"MSD layout:   {roots['msd']}   (zeus data check demo)")
     typer.echo(f"CHAOS layout: {roots['chaos']}   (zeus data check chaos --root {roots['chaos']})")
 
@@ -148,6 +153,48 @@ def data_list() -> None:
     for name in builtin_manifests():
         title = json.loads((MANIFEST_DIR / f"{name}.json").read_text(encoding="utf-8")).get("title", "")
         typer.echo(f"{name:14s} {title}")
+
+
+@app.command("predict")
+def predict(
+    run: Annotated[Path, typer.Option(help="A trained run folder (runs/<dataset>/<run>).")],
+    input: Annotated[
+        list[str],
+        typer.Option(
+            "--input",
+            help="The scan: a 4-D NIfTI, nnU-Net channel files (CASE_0000.nii.gz ...), MODALITY=PATH per modality "
+            "(NIfTI file or DICOM folder), or a CHAOS patient folder. Repeatable.",
+        ),
+    ],
+    output: Annotated[Path, typer.Option(help="Folder for <case>.nii.gz (and probability maps).")],
+    probabilities: Annotated[bool, typer.Option(help="Also write <case>_prob_<target>.nii.gz per target.")] = False,
+    case_id: Annotated[str | None, typer.Option(help="Name of the case (default: from the file name).")] = None,
+    root: Annotated[Path | None, typer.Option("--root", help="Where the run's dataset is now.")] = None,
+) -> None:
+    """Segment a new scan: stage-1 instructions for it (cached), then the run's model; NIfTI on the scan's grid."""
+    from dataclasses import replace
+
+    from shared.cases import CaseCache
+    from shared.manifest import Dataset
+    from shared.readers.scan import scan_sources
+    from shared.workspace import instructions_dir
+    from stage1_instruct.runners import instruct_cases, store_config
+    from stage2_segment.predict import Predictor
+
+    predictor = Predictor.from_run(run, root=root)
+    manifest = predictor.dataset.manifest
+    # New scans get their own namespace: they never mix with the dataset's cases, splits or runs.
+    scans = Dataset(replace(manifest, name=f"{manifest.name}-scans"), predictor.dataset.root)
+    cases = CaseCache(scans, predictor.config.image_size)
+    meta = cases.prepare_sources(scan_sources(manifest, input, case_id))
+    table = None
+    if predictor.config.tag:
+        stage1 = store_config(instructions_dir(manifest.name) / predictor.config.tag)
+        instruct_cases(scans, replace(stage1, tag=predictor.config.tag), cases, [meta.case_id])
+        table = predictor.instructions(scans)
+    probabilities_ = predictor.predict_case(meta.case_id, cases, predictor.features(cases), table)
+    for path in predictor.write(meta, probabilities_, output, probability_maps=probabilities):
+        typer.echo(f"wrote {path}")
 
 
 def main() -> None:

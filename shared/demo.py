@@ -10,7 +10,9 @@ The demo therefore runs through the same readers (NIfTI, DICOM, PNG masks) as re
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,8 @@ from tqdm import tqdm
 
 from shared.atomic import write_json
 from shared.geometry import Geometry, from_array
+
+log = logging.getLogger(__name__)
 
 MODALITIES = ("T1_in", "T1_out", "T2")
 LABELS = {"background": 0, "liver": 1, "right kidney": 2, "left kidney": 3, "spleen": 4}
@@ -134,14 +138,26 @@ _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 _RAS_STORED = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # how NIfTI converted from RAS looks in LPS
 
 
-def write_demo(out: Path, config: DemoConfig = DemoConfig(), progress: bool = True) -> dict[str, Path]:
-    """Write the demo dataset under ``out`` in both layouts; returns the two dataset roots."""
+def write_demo(
+    out: Path, config: DemoConfig = DemoConfig(), progress: bool = True, overwrite: bool = False
+) -> dict[str, Path]:
+    """Write the demo dataset under ``out`` in both layouts; returns the two dataset roots.
+
+    Skipped when ``out`` already holds the demo of the same configuration (rewritten files would invalidate
+    every cache built from them), unless ``overwrite``."""
     phantoms = [Phantom.draw(i, config.seed) for i in range(config.cases)]
     roots = {"msd": out / MSD_NAME, "chaos": out / "CHAOS"}
+    stamp = out / "demo_config.json"
+    wanted = json.loads(json.dumps(asdict(config)))  # tuples as JSON lists, as stored
+    if not overwrite and stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == wanted:
+        log.info("demo data of this configuration already in %s", out)
+        return roots
+    stamp.unlink(missing_ok=True)
     for phantom in tqdm(phantoms, desc="demo data", unit="case", disable=not progress):
         write_msd_case(roots["msd"], phantom, config)
         write_chaos_case(roots["chaos"], phantom, config)
     write_json(roots["msd"] / "dataset.json", msd_dataset_json(phantoms))
+    write_json(stamp, asdict(config))  # last: marks a complete demo
     return roots
 
 

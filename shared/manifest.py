@@ -170,16 +170,23 @@ def resolve_dataset(spec: str, root: Path | None = None) -> Dataset:
         if root is not None and root.resolve() != path.resolve():
             raise ZeusError(f"{spec} is a dataset folder; --root {root} would contradict it, leave it out")
         return Dataset(manifest_from_dataset_json(path), path)
-    if path.suffix == ".json" and path.is_file():
-        manifest = manifest_from_json(_read_json(path), source=path)
-    elif (MANIFEST_DIR / f"{spec}.json").is_file():
-        manifest = manifest_from_json(_read_json(MANIFEST_DIR / f"{spec}.json"), source=MANIFEST_DIR)
-    else:
-        raise ZeusError(
-            f"unknown dataset {spec!r}: expected one of {builtin_manifests()}, a manifest .json file, "
-            "or a folder holding an MSD / nnU-Net v2 dataset.json"
-        )
+    manifest = resolve_manifest(spec)
     return Dataset(manifest, _resolve_root(manifest, root))
+
+
+def resolve_manifest(spec: str) -> Manifest:
+    """The manifest alone (no data needed): a built-in name, a manifest JSON file, or a dataset folder."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return manifest_from_dataset_json(path)
+    if path.suffix == ".json" and path.is_file():
+        return manifest_from_json(_read_json(path), source=path)
+    if (MANIFEST_DIR / f"{spec}.json").is_file():
+        return manifest_from_json(_read_json(MANIFEST_DIR / f"{spec}.json"), source=MANIFEST_DIR)
+    raise ZeusError(
+        f"unknown dataset {spec!r}: expected one of {builtin_manifests()}, a manifest .json file, "
+        "or a folder holding an MSD / nnU-Net v2 dataset.json"
+    )
 
 
 def _resolve_root(manifest: Manifest, root: Path | None) -> Path:

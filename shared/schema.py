@@ -13,6 +13,9 @@ UNION = "union"
 
 PROVENANCE_KEY = b"zeus.provenance"
 
+# One JSON line per stage-1 run in a store folder: counts (requests, cached, model calls) and seconds.
+RUN_LOG = "runs.jsonl"
+
 
 def schema(dim: int) -> pa.Schema:
     return pa.schema(

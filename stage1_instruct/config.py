@@ -66,3 +66,7 @@ class Stage1Config:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Stage1Config:
+        return cls(**{**data, "vllm": VllmOptions(**data.get("vllm", {}))})

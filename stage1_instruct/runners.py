@@ -5,10 +5,12 @@ Both runners do the same thing per case (``InstructionGenerator.run_case``) and 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from tqdm import tqdm
@@ -17,6 +19,7 @@ from shared.cases import CaseCache
 from shared.errors import DataError, ZeusError
 from shared.manifest import Dataset
 from shared.readers import open_layout
+from shared.schema import RUN_LOG
 from shared.workspace import instructions_dir
 from stage1_instruct.backends import build_models
 from stage1_instruct.config import Stage1Config
@@ -52,6 +55,18 @@ class RunReport:
     stats: Stats
     seconds: float
     store: Path
+
+    def record(self) -> RunReport:
+        """Append this run's cost to the store's run log (read by the report)."""
+        entry = {
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **asdict(self.stats),
+            "seconds": round(self.seconds, 3),
+        }
+        self.store.mkdir(parents=True, exist_ok=True)
+        with (self.store / RUN_LOG).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+        return self
 
     def summary(self) -> str:
         s = self.stats
@@ -94,14 +109,29 @@ def run_local(
     start = time.perf_counter()
     ids = plan_cases(dataset, case_ids, shard)
     cache = prepare_images(dataset, config, ids, progress)
-    store = store_for(dataset, config)
-    generator = InstructionGenerator(dataset, config, build_models(config), store)
+    stats = instruct_cases(dataset, config, cache, ids, progress)
+    return RunReport(stats, time.perf_counter() - start, store_for(dataset, config).folder).record()
+
+
+def instruct_cases(
+    dataset: Dataset, config: Stage1Config, cache: CaseCache, case_ids: list[str], progress: bool = True
+) -> Stats:
+    """Stage 1 on prepared cases: the dataset's own, or new scans (``CaseCache.prepare_sources``)."""
+    generator = InstructionGenerator(dataset, config, build_models(config), store_for(dataset, config))
     stats = Stats()
-    with tqdm(ids, desc=f"instructions {dataset.name}", unit="case", disable=not progress) as bar:
+    with tqdm(case_ids, desc=f"instructions {dataset.name}", unit="case", disable=not progress) as bar:
         for case_id in bar:
             stats += generator.run_case(cache.load(case_id, with_label=False))
             bar.set_postfix(cached=stats.cached, generated=stats.requests - stats.cached)
-    return RunReport(stats, time.perf_counter() - start, store.folder)
+    return stats
+
+
+def store_config(folder: Path) -> Stage1Config:
+    """The stage-1 configuration that wrote a store (from its Parquet provenance): rerun it on new scans."""
+    store = InstructionStore(folder)
+    if not store.case_ids():
+        raise ZeusError(f"no instructions in {folder}: cannot tell which stage-1 models wrote them")
+    return Stage1Config.from_json(store.provenance(store.case_ids()[0])["config"])
 
 
 class _CaseWorker:
@@ -148,4 +178,4 @@ def run_ray(
     stats = Stats()
     for row in results:
         stats += Stats(**{name: int(row[name]) for name in Stats.__dataclass_fields__})
-    return RunReport(stats, time.perf_counter() - start, store_for(dataset, config).folder)
+    return RunReport(stats, time.perf_counter() - start, store_for(dataset, config).folder).record()

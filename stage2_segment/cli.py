@@ -25,12 +25,15 @@ def train(
     epochs: Annotated[int, typer.Option(min=1)] = 10,
     batch_size: Annotated[int, typer.Option(min=1)] = 4,
     lr: Annotated[float, typer.Option()] = 3e-4,
+    warmup_steps: Annotated[int, typer.Option(min=0, help="Linear learning-rate warm-up, in steps.")] = 10,
     seed: int = 0,
     slices_per_epoch: Annotated[int | None, typer.Option(help="Sample this many training slices per epoch.")] = None,
     early_stopping: Annotated[int | None, typer.Option(help="Patience in epochs (validation Dice).")] = None,
     num_workers: Annotated[int, typer.Option(min=0, help="Data-loader processes.")] = 0,
     run_name: Annotated[str | None, typer.Option(help="Run folder name (default: fusion__text__fold).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run from its last checkpoint (start it if it has none).")
+    ] = False,
 ) -> None:
     """Train on cached image and instruction embeddings (the LLM is never loaded). Under torchrun: DDP."""
     from shared.manifest import resolve_dataset
@@ -48,6 +51,7 @@ def train(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
+        warmup_steps=warmup_steps,
         seed=seed,
         slices_per_epoch=slices_per_epoch,
         early_stopping=early_stopping,
@@ -57,3 +61,59 @@ def train(
     result = run(resolve_dataset(dataset, root), config, resume=resume)
     best = result["best_val_dice"]
     typer.echo(f"trained {result['epochs']} epoch(s); best validation Dice {best:.4f} -> {result['run_dir']}")
+
+
+def evaluate(
+    run: Annotated[Path | None, typer.Option(help="Run folder: predict and score its held-out cases.")] = None,
+    split: Annotated[str, typer.Option(help="With --run: test, or val (the run's validation fold).")] = "test",
+    pred: Annotated[Path | None, typer.Option(help="Prediction NIfTI file or folder (with --gt).")] = None,
+    gt: Annotated[Path | None, typer.Option(help="Ground-truth NIfTI file or folder, matched by file name.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="With --pred/--gt: take class names and values from this dataset.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder for --pred/--gt (default: <pred folder>/evaluation).")
+    ] = None,
+    root: Annotated[Path | None, typer.Option("--root", help="Where the run's dataset is now.")] = None,
+) -> None:
+    """Dice, IoU and HD95 (mm) per case x class in the original geometry, and per 2-D slice: CSV + summary JSON."""
+    from shared.errors import ZeusError
+    from stage2_segment.evaluate import evaluate_files, evaluate_run, format_summary
+
+    if run is not None and (pred or gt):
+        raise ZeusError("give either --run, or --pred with --gt, not both")
+    if run is not None:
+        if out is not None:
+            raise ZeusError("--out is for --pred/--gt; a run's evaluation goes to <run>/evaluation/<split>")
+        summary = evaluate_run(run, split=split, root=root)
+        folder = run / "evaluation" / split
+    elif pred is not None and gt is not None:
+        targets = _targets(dataset) if dataset else None
+        folder = out or (pred if pred.is_dir() else pred.parent) / "evaluation"
+        summary = evaluate_files(pred, gt, folder, targets)
+    else:
+        raise ZeusError("nothing to evaluate: pass --run RUN, or --pred P --gt G")
+    typer.echo(format_summary(summary))
+    typer.echo(f"{summary['cases']} case(s) -> {folder}/cases.csv, slices.csv, summary.json")
+
+
+def _targets(dataset: str) -> dict[str, int]:
+    from shared.manifest import resolve_manifest
+
+    return resolve_manifest(dataset).targets
+
+
+def report(
+    dataset: Annotated[list[str] | None, typer.Argument(help="Datasets to report (default: all with runs).")] = None,
+    out: Annotated[Path, typer.Option(help="Reports folder: <out>/<dataset>/report.{md,html}.")] = Path("reports"),
+    screenshot: Annotated[bool, typer.Option(help="Also render report.png in headless chromium.")] = False,
+) -> None:
+    """Results tables, ablations, costs, training curves, overlays and provenance: Markdown + one HTML file."""
+    from stage2_segment.report.browser import screenshot as take_screenshot
+    from stage2_segment.report.build import build_reports
+
+    for html in build_reports(dataset, out):
+        typer.echo(f"report: {html.with_suffix('.md')}")
+        typer.echo(f"report: {html}")
+        if screenshot:
+            typer.echo(f"screenshot: {take_screenshot(html, html.with_name('report.png'))}")

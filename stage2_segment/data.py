@@ -6,7 +6,8 @@ What crosses into the model (per sample):
   or, without a feature cache (the U-Net baseline), the slice itself: float32 ``[M, S, S]`` in [0, 1];
 - ``text``: float32 ``[M + 1, T, D]``: instruction embeddings per modality (rows 0..M-1, manifest order) and the
   union row (M), per target (manifest order); absent for ``--text none``;
-- ``label``: int64 ``[S, S]`` class indices, 0 = background, t + 1 = the t-th target of the manifest.
+- ``label``: int64 ``[S, S]`` class indices, 0 = background, t + 1 = the t-th target of the manifest (absent
+  with ``with_labels=False``: new scans to predict).
 
 Slices where a target is absent are kept: they teach empty masks.
 """
@@ -41,10 +42,12 @@ class SliceDataset(Dataset):
         cases: CaseCache,
         features: FeatureCache | None,
         instructions: InstructionTable | None,
+        *,
+        with_labels: bool = True,
     ):
         if not case_ids:
             raise ZeusError("no cases to train or evaluate on: check the splits")
-        self.cases, self.features, self.instructions = cases, features, instructions
+        self.cases, self.features, self.instructions, self.with_labels = cases, features, instructions, with_labels
         self.lut = torch.from_numpy(class_lookup(cases.dataset.manifest))
         self.index = [(c, z) for c in case_ids for z in range(cases.meta(c).grid.array_shape[0])]
 
@@ -65,7 +68,9 @@ class SliceDataset(Dataset):
             inputs = np.asarray(self.features.load(case_id)[z], dtype=np.float32)
         else:
             inputs = self._image(case_id)[:, z]
-        sample = {"inputs": torch.from_numpy(np.ascontiguousarray(inputs)), "label": self._label(case_id)[z]}
+        sample = {"inputs": torch.from_numpy(np.ascontiguousarray(inputs))}
+        if self.with_labels:
+            sample["label"] = self._label(case_id)[z]
         if self.instructions is not None:
             sample["text"] = torch.from_numpy(self.instructions.for_case(case_id)[z])
         return sample

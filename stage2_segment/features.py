@@ -2,7 +2,8 @@
 
 ``$ZEUS_HOME/features/<dataset>/<encoder>/<case>.npy``: float16 ``[Z, C, 256, 64, 64]`` (C = modalities, or 1
 for early fusion, whose encoder sees the modalities stacked as input channels), with ``<case>.json`` holding
-the preprocessed case's image signature. Written atomically; recomputed when the case's images change.
+the preprocessed case's image signature and the encoder's cost (images, seconds) for the report. Written
+atomically; recomputed when the case's images change.
 Uncompressed ``.npy`` so training memory-maps it and reads only the slices of a batch.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +34,12 @@ class FeatureCache:
         *,
         early: bool = False,
         device: str = "cpu",
-        batch_size: int = 8,
+        batch_size: int | None = None,
         root: Path | None = None,
     ):
         self.cases, self.encoder, self.early = cases, encoder, early
-        self.device, self.batch_size = device, batch_size
+        # On CPU one image at a time is fastest (1.33 s vs 1.80 s per image at batch 8, 2 cores); GPUs want batches.
+        self.device, self.batch_size = device, batch_size or (1 if device == "cpu" else 8)
         name = f"{encoder.name}-early{encoder.in_channels}" if early else encoder.name
         self.folder = root or features_dir(cases.dataset.name, f"{name}-{cases.image_size}px")
 
@@ -56,9 +59,16 @@ class FeatureCache:
         """Compute the embeddings of the cases not cached yet; returns how many cases were computed."""
         todo = [c for c in case_ids if not self.is_current(c)]
         for case_id in tqdm(todo, desc="image embeddings", unit="case", disable=not progress):
+            start = time.perf_counter()
             embeddings = self._compute(case_id)
             write_atomic(self.path(case_id), lambda tmp, e=embeddings: _save_npy(tmp, e))
-            write_json(self.folder / f"{case_id}.json", {"image_signature": self.cases.meta(case_id).image_signature})
+            sidecar = {
+                "image_signature": self.cases.meta(case_id).image_signature,
+                "slices": int(embeddings.shape[0]),
+                "images": int(embeddings.shape[0] * embeddings.shape[1]),
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+            write_json(self.folder / f"{case_id}.json", sidecar)
         return len(todo)
 
     def load(self, case_id: str) -> np.ndarray:

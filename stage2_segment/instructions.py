@@ -50,3 +50,14 @@ class InstructionTable:
                 f"instructions of case {case_id!r} in {self.folder} are incomplete: rerun `zeus instructions`"
             )
         return out
+
+    def text(self, case_id: str, slice_index: int, modality: str, target: str) -> str:
+        """The instruction written for one (slice, modality or ``"union"``, target): what the model was told."""
+        table = pq.read_table(
+            self.folder / f"{case_id}.parquet",
+            columns=["instruction"],
+            filters=[("slice_index", "=", slice_index), ("modality", "=", modality), ("target", "=", target)],
+        )
+        if table.num_rows != 1:
+            raise ZeusError(f"expected one instruction for {case_id} slice {slice_index} {modality} {target}")
+        return table.column("instruction")[0].as_py()

@@ -126,6 +126,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def feature_cache(config: TrainConfig, cases: CaseCache, device: torch.device) -> FeatureCache:
+    """The image-embedding cache of a run's frozen encoder (early fusion: modalities stacked as channels)."""
+    early = config.fusion == "early"
+    checkpoint = Path(config.encoder_checkpoint) if config.encoder_checkpoint else None
+    channels = len(cases.dataset.manifest.modalities) if early else None
+    encoder = FrozenImageEncoder.build(config.encoder, checkpoint, early_channels=channels)
+    return FeatureCache(cases, encoder, early=early, device=str(device))
+
+
 def warmup_cosine(warmup_steps: int, total_steps: int):
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -171,11 +180,7 @@ class Trainer:
         self.epoch, self.best_dice, self.stale_epochs = 0, -1.0, 0
 
     def _features(self) -> FeatureCache:
-        early = self.config.fusion == "early"
-        checkpoint = Path(self.config.encoder_checkpoint) if self.config.encoder_checkpoint else None
-        channels = len(self.dataset.manifest.modalities) if early else None
-        encoder = FrozenImageEncoder.build(self.config.encoder, checkpoint, early_channels=channels)
-        features = FeatureCache(self.cases, encoder, early=early, device=str(self.device))
+        features = feature_cache(self.config, self.cases, self.device)
         if self.dist.main:
             features.ensure(self.train_ids + self.val_ids, progress=self.progress)
         self._barrier()
@@ -329,10 +334,13 @@ class Trainer:
             self.run_dir / "config.json",
             {
                 "dataset": self.dataset.name,
+                "dataset_root": str(self.dataset.root.resolve()),
+                "manifest": self.dataset.manifest.to_json(),
                 "train": asdict(self.config),
                 "segmenter": asdict(self.model.config) if isinstance(self.model, ZeusSegmenter) else None,
                 "parameters": self.model.parameter_counts(),
                 "encoder": self.features.encoder.name if self.features else None,
+                "encoder_parameters": self.features.encoder.parameter_count() if self.features else 0,
                 "train_cases": self.train_ids,
                 "val_cases": self.val_ids,
                 "git_revision": git_revision(),
@@ -390,6 +398,8 @@ def _tensorboard(run_dir: Path, row: dict[str, Any]) -> None:
 
 def train(dataset: Dataset, config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     trainer = Trainer(dataset, config, progress=progress)
-    if resume:
+    if resume and (trainer.run_dir / "checkpoints" / "last.pt").is_file():
         trainer.resume()
+    elif resume:
+        log.info("no checkpoint in %s yet: starting the run", trainer.run_dir)
     return trainer.fit()

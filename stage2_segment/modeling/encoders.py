@@ -110,6 +110,9 @@ class FrozenImageEncoder(nn.Module):
             raise ZeusError("--encoder sam-vit-b needs --encoder-checkpoint (a SAM or MedSAM ViT-B .pth file)")
         return cls(build_sam_vit_b(checkpoint), name=f"sam-vit-b-{checkpoint.stem}")
 
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
     def train(self, mode: bool = True) -> FrozenImageEncoder:
         super().train(mode)
         self.encoder.eval()  # frozen: never in training mode

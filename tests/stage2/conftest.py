@@ -49,3 +49,31 @@ def stage2_dataset(stage2_session, tmp_path, monkeypatch):
     monkeypatch.setenv("ZEUS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return dataset
+
+
+@pytest.fixture(scope="session")
+def evaluated_run(stage2_session, tmp_path_factory):
+    """A short late-fusion run on the tiny dataset, evaluated on its test case: (workspace, dataset, run folder).
+
+    Read-only for the tests that use it (they point ZEUS_HOME at the workspace with monkeypatch)."""
+    from stage2_segment.evaluate import evaluate_run
+    from stage2_segment.train import TrainConfig, Trainer
+
+    home, dataset = stage2_session
+    workspace = tmp_path_factory.mktemp("evaluated") / "home"
+    shutil.copytree(home, workspace)
+    old = os.environ.get("ZEUS_HOME")
+    os.environ["ZEUS_HOME"] = str(workspace)
+    try:
+        config = TrainConfig(
+            fusion="late", text="template", epochs=2, batch_size=2, lr=1e-3, slices_per_epoch=2, warmup_steps=1
+        )
+        trainer = Trainer(dataset, config, progress=False)
+        trainer.fit()
+        evaluate_run(trainer.run_dir, progress=False)
+    finally:
+        if old is None:
+            os.environ.pop("ZEUS_HOME", None)
+        else:
+            os.environ["ZEUS_HOME"] = old
+    return workspace, dataset, trainer.run_dir

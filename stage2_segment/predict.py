@@ -1,0 +1,127 @@
+"""Prediction: a trained run segments prepared cases and writes label maps in the scanner's geometry.
+
+``Predictor.from_run`` rebuilds the model from the run folder (``config.json`` + a checkpoint). For a case it
+returns softmax probabilities on the model slices, float32 ``[T + 1, Z, S, S]`` (channel 0 background, t + 1
+the t-th target of the manifest), and writes them back on the reference modality's original grid:
+
+- ``<case>.nii.gz``: uint8 label map with the manifest's label values (0 background), same size, spacing,
+  origin and direction as the reference image on disk;
+- ``<case>_prob_<target>.nii.gz`` (optional): float32 probability of each target on the same grid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from torch.utils.data import DataLoader
+
+from shared.atomic import write_image
+from shared.cases import CaseCache, CaseMeta
+from shared.errors import ZeusError
+from shared.manifest import Dataset, manifest_from_json, resolve_dataset
+from stage2_segment.data import SliceDataset
+from stage2_segment.features import FeatureCache
+from stage2_segment.instructions import InstructionTable
+from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
+from stage2_segment.modeling.unet import UNetBaseline
+from stage2_segment.train import TrainConfig, feature_cache, pick_device
+
+log = logging.getLogger(__name__)
+
+
+class Predictor:
+    def __init__(
+        self, run_dir: Path, dataset: Dataset, config: TrainConfig, model: torch.nn.Module, device: torch.device
+    ):
+        self.run_dir, self.dataset, self.config, self.model, self.device = run_dir, dataset, config, model, device
+        self.label_values = np.asarray([0, *dataset.manifest.targets.values()], np.uint8)  # class index -> value
+
+    @classmethod
+    def from_run(cls, run_dir: Path, *, root: Path | None = None, checkpoint: str = "best.pt") -> Predictor:
+        info_path, weights = run_dir / "config.json", run_dir / "checkpoints" / checkpoint
+        if not (info_path.is_file() and weights.is_file()):
+            raise ZeusError(f"{run_dir} is not a finished run: expected config.json and checkpoints/{checkpoint}")
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        device = pick_device()
+        state = torch.load(weights, map_location=device, weights_only=False)
+        config = TrainConfig(**state["config"])
+        dataset = run_dataset(info, root)
+        manifest = dataset.manifest
+        if state["segmenter"] is None:
+            model: torch.nn.Module = UNetBaseline(len(manifest.modalities), len(manifest.targets))
+        else:  # the checkpoint holds every weight (positional encoding included): skip the pretrained load
+            model = ZeusSegmenter(replace(SegmenterConfig(**state["segmenter"]), pretrained=False))
+        model.load_state_dict(state["model"], strict=True)
+        log.info("loaded %s (epoch %d, best validation Dice %.4f)", weights, state["epoch"], state["best_dice"])
+        return cls(run_dir, dataset, config, model.to(device).eval(), device)
+
+    @property
+    def uses_features(self) -> bool:
+        return self.config.model == "zeus"
+
+    def features(self, cases: CaseCache) -> FeatureCache | None:
+        return feature_cache(self.config, cases, self.device) if self.uses_features else None
+
+    def instructions(self, dataset: Dataset) -> InstructionTable | None:
+        return InstructionTable(dataset.manifest, self.config.tag) if self.config.tag else None
+
+    @torch.no_grad()
+    def predict_case(
+        self,
+        case_id: str,
+        cases: CaseCache,
+        features: FeatureCache | None,
+        instructions: InstructionTable | None,
+        batch_size: int = 4,
+    ) -> np.ndarray:
+        """Softmax probabilities, float32 ``[T + 1, Z, S, S]``, of one prepared case."""
+        if features is not None:
+            features.ensure([case_id], progress=False)
+        slices = SliceDataset([case_id], cases, features, instructions, with_labels=False)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        out = []
+        for batch in DataLoader(slices, batch_size=batch_size, shuffle=False):
+            text = batch["text"].to(self.device) if "text" in batch else None
+            with autocast:
+                logits = self.model(batch["inputs"].to(self.device), text)
+            out.append(torch.softmax(logits.float(), dim=1).cpu())
+        return torch.cat(out).permute(1, 0, 2, 3).numpy()
+
+    def label_map(self, probabilities: np.ndarray) -> np.ndarray:
+        """uint8 ``[Z, S, S]`` manifest label values of the most probable class."""
+        return self.label_values[probabilities.argmax(axis=0)]
+
+    def write(
+        self, meta: CaseMeta, probabilities: np.ndarray, out_dir: Path, *, probability_maps: bool = False
+    ) -> list[Path]:
+        """The label map (and optionally per-target probabilities) as NIfTI on the original reference grid."""
+        label_path = out_dir / f"{meta.case_id}.nii.gz"
+        write_image(label_path, meta.restore(self.label_map(probabilities), is_label=True))
+        written = [label_path]
+        if probability_maps:
+            for index, target in enumerate(self.dataset.manifest.targets, start=1):
+                image = sitk.Cast(meta.restore(probabilities[index], is_label=False), sitk.sitkFloat32)
+                path = out_dir / f"{meta.case_id}_prob_{_slug(target)}.nii.gz"
+                write_image(path, image)
+                written.append(path)
+        return written
+
+
+def run_dataset(info: dict, root: Path | None) -> Dataset:
+    """The run's dataset: its manifest as saved in the run, its data where it was (or at ``root``)."""
+    if "manifest" not in info:  # runs written before the manifest was saved with them
+        return resolve_dataset(info["dataset"], root)
+    manifest = manifest_from_json(info["manifest"], source=Path(info.get("dataset_root", ".")))
+    return Dataset(manifest, root or Path(info["dataset_root"]))
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")

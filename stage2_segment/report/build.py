@@ -1,0 +1,378 @@
+"""``zeus report``: ``reports/<dataset>/report.md`` and a self-contained ``report.html`` with its figures.
+
+The Markdown is the one source; the HTML is rendered from it (markdown-it-py) with the figures inlined as
+data URIs, so the HTML file alone is the whole report. The report folder is built beside the old one and
+swapped in at the end: a failed build leaves the previous report intact.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.cases import CaseCache
+from shared.errors import ZeusError
+from shared.provenance import git_revision
+from shared.workspace import zeus_home
+from stage2_segment.instructions import InstructionTable
+from stage2_segment.metrics import score_masks
+from stage2_segment.predict import run_dataset
+from stage2_segment.report import figures
+from stage2_segment.report.collect import (
+    EVALUATED_SPLIT,
+    RunRecord,
+    collect_runs,
+    datasets_with_runs,
+    feature_costs,
+    stage_one_costs,
+)
+
+log = logging.getLogger(__name__)
+
+LITERATURE = Path(__file__).with_name("literature.json")
+METRIC_TITLES = {"dice": "DSC", "iou": "IoU (mIoU = foreground mean)", "hd95": "HD95 (mm)"}
+
+
+def build_reports(datasets: list[str] | None, out: Path) -> list[Path]:
+    """One report per dataset (default: every dataset with runs); returns the HTML files written."""
+    names = datasets or datasets_with_runs()
+    if not names:
+        raise ZeusError(f"no runs under {zeus_home() / 'runs'}: train a model first (`zeus train` / `make train`)")
+    return [build_report(name, out / name) for name in names]
+
+
+def build_report(dataset: str, folder: Path) -> Path:
+    runs = collect_runs(dataset)
+    if not runs:
+        raise ZeusError(f"no runs of {dataset!r} under {zeus_home() / 'runs' / dataset}: train one first")
+    staging = folder.with_name(f".{folder.name}.building")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "figures").mkdir(parents=True)
+    markdown = _markdown(dataset, runs, staging)
+    (staging / "report.md").write_text(markdown, encoding="utf-8")
+    (staging / "report.html").write_text(to_html(markdown, staging, f"Zeus report: {dataset}"), encoding="utf-8")
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.replace(folder)
+    return folder / "report.html"
+
+
+# -- Markdown -----------------------------------------------------------------------------------------------
+
+
+def _markdown(dataset: str, runs: list[RunRecord], folder: Path) -> str:
+    evaluated = [r for r in runs if r.evaluation]
+    targets = list(runs[0].info.get("manifest", {}).get("labels", {}))[1:] or _targets_of(evaluated)
+    sections = [
+        f"# Zeus report: {dataset}",
+        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from `{zeus_home().resolve()}` "
+        f"at git revision `{git_revision() or 'unknown'}`. {len(runs)} run(s), {len(evaluated)} evaluated on the "
+        f"`{EVALUATED_SPLIT}` split.",
+        _results(evaluated, targets, runs),
+        _comparison(evaluated),
+        _parameters(runs),
+        _costs(dataset, runs),
+        _literature(dataset),
+        _curves(runs, folder),
+        _qualitative(evaluated, folder),
+        _provenance(runs),
+        "## Metric definitions\n\n" + _definitions(),
+    ]
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _targets_of(runs: list[RunRecord]) -> list[str]:
+    return list(runs[0].evaluation["classes"]) if runs else []
+
+
+def _results(evaluated: list[RunRecord], targets: list[str], runs: list[RunRecord]) -> str:
+    missing = [r for r in runs if not r.evaluation]
+    lines = ["## Results on the held-out test cases"]
+    if evaluated:
+        cases = evaluated[0].evaluation["source"].get("case_ids", [])
+        lines.append(
+            f"3-D scores in the original geometry of each scan, mean ± std over the {len(cases)} test case(s) "
+            f"({', '.join(cases)}); a class absent from both prediction and ground truth of a case is undefined "
+            "and left out (see the definitions at the end)."
+        )
+        for metric, title in METRIC_TITLES.items():
+            digits = 1 if metric == "hd95" else 3
+            header = ["Run", *targets, "foreground mean"]
+            rows = [
+                [
+                    r.label,
+                    *(_cell(r.evaluation["classes"][t]["volume"][metric], digits) for t in targets),
+                    _number(r.evaluation["foreground_mean"]["volume"][metric], digits),
+                ]
+                for r in evaluated
+            ]
+            lines += [f"### {title}", _table(header, rows)]
+        rows = [[r.label, *(_cell(r.evaluation["classes"][t]["slice"]["dice"], 3) for t in targets)] for r in evaluated]
+        note = "Slices where the class is in neither mask are left out."
+        lines += ["### DSC per 2-D slice", note, _table(["Run", *targets], rows)]
+    if missing:
+        names = ", ".join(f"`{r.name}`" for r in missing)
+        lines.append(f"Not evaluated yet: {names}. Run `zeus evaluate --run <run folder>` to add them.")
+    return "\n\n".join(lines)
+
+
+def _comparison(evaluated: list[RunRecord]) -> str:
+    if not evaluated:
+        return ""
+    reference = next((r for r in evaluated if r.role == "Zeus" and r.train["text"] == "instructions"), evaluated[0])
+    ref_dice = reference.evaluation["foreground_mean"]["volume"]["dice"]
+    rows = []
+    for r in evaluated:
+        fg = r.evaluation["foreground_mean"]["volume"]
+        delta = "" if r is reference or fg["dice"] is None or ref_dice is None else f"{fg['dice'] - ref_dice:+.3f}"
+        text = "-" if r.model == "unet" else r.train["text"]
+        fusion = "-" if r.model == "unet" else r.train["fusion"]
+        scores = [_number(fg["dice"], 3), _number(fg["iou"], 3), _number(fg["hd95"], 1)]
+        rows.append([r.label, r.role, text, fusion, *scores, delta])
+    header = ["Run", "role", "text", "fusion", "DSC", "mIoU", "HD95 (mm)", f"Δ DSC vs {reference.label}"]
+    return "## Baselines and ablations\n\nForeground means of the table above, side by side.\n\n" + _table(header, rows)
+
+
+def _parameters(runs: list[RunRecord]) -> str:
+    rows = []
+    for r in runs:
+        p = r.parameters
+        share = f"{100 * p['trainable'] / p['total']:.1f} %" if p["total"] else ""
+        rows.append([r.label, f"{p['trainable']:,}", f"{p['total']:,}", share])
+    note = "Total counts the frozen image encoder, the frozen prompt encoder and everything trained."
+    return "## Model size\n\n" + note + "\n\n" + _table(["Run", "trainable", "total", "trainable share"], rows)
+
+
+def _costs(dataset: str, runs: list[RunRecord]) -> str:
+    lines = ["## Costs"]
+    stage1 = stage_one_costs(dataset, {r.tag for r in runs if r.tag})
+    rows = []
+    for cost in stage1:
+        cold, latest = cost.cold, cost.latest
+        if cold is None:
+            rows.append([f"`{cost.tag}`", "no timed run", "", "", "", "", ""])
+            continue
+        rate = cold["requests"] / cold["seconds"] if cold["seconds"] else 0
+        calls = cold["described"] + cold["instructed"] + cold["embedded"]
+        rerun = f"{latest['cached']}/{latest['requests']} cached, {latest['seconds']:.1f} s" if latest else ""
+        counts = [str(cold["cases"]), str(cold["requests"]), str(calls)]
+        rows.append([f"`{cost.tag}`", *counts, f"{cold['seconds']:.1f} s", f"{rate:.1f}", rerun])
+    if rows:
+        header = ["stage-1 store", "cases", "requests", "model calls", "time", "requests/s", "latest run"]
+        lines += ["### Stage 1: instructions (describe, instruct, embed)", _table(header, rows)]
+    features = feature_costs(dataset)
+    if features:
+        rows = [
+            [f.encoder_folder, str(f.cases), str(f.images), f"{f.seconds:.1f} s", f"{f.seconds / f.images:.2f} s"]
+            for f in features
+            if f.images
+        ]
+        lines += [
+            "### Stage 2: image embeddings (frozen encoder, once per slice and modality)",
+            _table(["encoder", "cases", "images", "time", "per image"], rows),
+        ]
+    rows = []
+    for r in runs:
+        epochs = len(r.log)
+        per_case = (r.evaluation or {}).get("source", {}).get("predict_seconds_per_case")
+        rows.append(
+            [
+                r.label,
+                str(epochs),
+                f"{r.train_seconds:.0f} s",
+                f"{r.train_seconds / epochs:.0f} s" if epochs else "",
+                "" if per_case is None else f"{per_case:.1f} s",
+            ]
+        )
+    lines += [
+        "### Stage 2: training and prediction",
+        _table(["Run", "epochs", "training (incl. validation)", "per epoch", "predict per case"], rows),
+    ]
+    return "\n\n".join(lines)
+
+
+def _literature(dataset: str) -> str:
+    entries = [e for e in json.loads(LITERATURE.read_text(encoding="utf-8"))["entries"] if dataset in e["datasets"]]
+    lines = [
+        "## Reference figures from the literature (other protocols)",
+        "> **Not comparable to the tables above.** These figures come from other test sets, splits, preprocessing "
+        "and metric implementations; they only place the numbers in context."
+        + (" This dataset is synthetic: real-data figures say nothing about it." if dataset == "demo" else ""),
+    ]
+    if entries:
+        rows = [[e["target"], e["metric"], e["value"], e["protocol"], e["source"]] for e in entries]
+        lines.append(_table(["target", "metric", "value", "protocol", "source"], rows))
+    else:
+        lines.append(f"No checked figure for `{dataset}` is recorded yet (`stage2_segment/report/literature.json`).")
+    lines.append(
+        "The Zeus paper (Dai et al., arXiv:2504.07336) reports DSC and mIoU for early, hybrid and late fusion on "
+        "MSD-Prostate, MSD-BrainTumour and CHAOS with its own splits and models; its tables are not copied here."
+    )
+    return "\n\n".join(lines)
+
+
+def _curves(runs: list[RunRecord], folder: Path) -> str:
+    path = figures.training_curves(runs, folder / "figures" / "training_curves.png")
+    return f"## Training curves\n\n![training curves](figures/{path.name})" if path else ""
+
+
+def _qualitative(evaluated: list[RunRecord], folder: Path) -> str:
+    if not evaluated:
+        return ""
+    best = max(evaluated, key=lambda r: r.evaluation["foreground_mean"]["volume"]["dice"] or -1.0)
+    try:
+        panels_by_target = overlay_panels(best)
+    except ZeusError as e:  # e.g. the preprocessed cases were deleted: the rest of the report still stands
+        return f"## Qualitative results\n\nOverlays unavailable: {e}"
+    lines = [
+        f"## Qualitative results: {best.label}",
+        "Test slices per class, the largest and a smaller cross-section: ground truth (green), prediction "
+        "(red), and the instruction the model was given for the reference modality.",
+    ]
+    for target, panels in panels_by_target.items():
+        name = re.sub(r"[^a-z0-9]+", "_", target.lower()).strip("_")
+        path = figures.overlays(panels, f"{best.label}: {target}", folder / "figures" / f"overlay_{name}.png")
+        if path:
+            lines.append(f"![{target}](figures/{path.name})")
+    return "\n\n".join(lines)
+
+
+def overlay_panels(run: RunRecord, per_target: int = 2) -> dict[str, list[figures.OverlayPanel]]:
+    dataset = run_dataset(run.info, None)
+    manifest = dataset.manifest
+    cases = CaseCache(dataset, run.train["image_size"])
+    case_ids = run.evaluation["source"]["case_ids"]
+    reference = manifest.reference_modality
+    channel = manifest.modality_names.index(reference)
+    table = InstructionTable(manifest, run.tag) if run.tag else None
+    slices_dir = run.folder / "evaluation" / EVALUATED_SPLIT / "model_slices"
+    loaded = {c: _load_case(cases, slices_dir, c) for c in case_ids}
+    out: dict[str, list[figures.OverlayPanel]] = {}
+    for target, value in manifest.targets.items():
+        candidates = [
+            (int((truth == value)[z].sum()), case_id, z)
+            for case_id, (_, truth, _) in loaded.items()
+            for z in range(truth.shape[0])
+            if (truth[z] == value).any()
+        ]
+        chosen = _largest_and_smaller(sorted(candidates, reverse=True), per_target)
+        panels = []
+        for _, case_id, z in chosen:
+            image, truth, prediction = loaded[case_id]
+            t, p = truth[z] == value, prediction[z] == value
+            text = table.text(case_id, z, reference, target) if table else "(none: this run uses learned class tokens)"
+            panels.append(
+                figures.OverlayPanel(case_id, z, target, image[channel, z], t, p, text, score_masks(p, t, (1, 1)).dice)
+            )
+        out[target] = panels
+    return out
+
+
+def _load_case(cases: CaseCache, slices_dir: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    path = slices_dir / f"{case_id}.npz"
+    if not path.is_file():
+        raise ZeusError(f"no model-slice prediction {path}: rerun `zeus evaluate` for this run")
+    with np.load(path) as f:
+        prediction = f["label"]
+    case = cases.load(case_id)
+    return case.image, case.label, prediction
+
+
+def _largest_and_smaller(candidates: list[tuple[int, str, int]], count: int) -> list[tuple[int, str, int]]:
+    """The largest cross-section, then ones at lower quantiles of size (harder, smaller structures)."""
+    if not candidates:
+        return []
+    picks = [candidates[min(len(candidates) - 1, round(q * (len(candidates) - 1)))] for q in np.linspace(0, 0.7, count)]
+    return list(dict.fromkeys(picks))
+
+
+def _provenance(runs: list[RunRecord]) -> str:
+    rows = []
+    for r in runs:
+        source = (r.evaluation or {}).get("source", {})
+        rows.append(
+            [
+                r.label,
+                f"`{r.folder}`",
+                f"`{r.config_hash}`",
+                f"`{r.info.get('git_revision') or 'unknown'}`",
+                str(r.best_epoch or ""),
+                r.info.get("encoder") or "-",
+                f"`{r.tag}`" if r.tag else "-",
+                source.get("checkpoint", "not evaluated"),
+            ]
+        )
+    header = ["Run", "folder", "config hash", "git revision", "best epoch", "encoder", "stage-1 store", "checkpoint"]
+    note = (
+        "Every number above comes from these folders: `config.json` (resolved configuration; its `train` section "
+        "hashed), `log.csv`, `evaluation/test/{cases.csv, slices.csv, summary.json}`."
+    )
+    return "## Provenance\n\n" + note + "\n\n" + _table(header, rows)
+
+
+def _definitions() -> str:
+    from stage2_segment import metrics
+
+    doc = (metrics.__doc__ or "").split("\n\n", 1)[-1].strip()
+    return doc
+
+
+# -- formatting ---------------------------------------------------------------------------------------------
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    escape = lambda cell: str(cell).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(escape(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(stats: dict[str, Any], digits: int) -> str:
+    if stats["mean"] is None:
+        return "n/a"
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+# -- HTML ---------------------------------------------------------------------------------------------------
+
+STYLE = """
+body { font-family: 'DejaVu Sans', Helvetica, Arial, sans-serif; max-width: 1180px; margin: 2em auto;
+       padding: 0 1.5em; color: #1d1d1f; line-height: 1.45; }
+h1 { border-bottom: 3px solid #3a6ea5; padding-bottom: .3em; }
+h2 { margin-top: 2em; border-bottom: 1px solid #ddd; padding-bottom: .2em; color: #23476b; }
+table { border-collapse: collapse; margin: 1em 0; font-size: .88em; }
+th, td { border: 1px solid #d0d7de; padding: .35em .6em; text-align: left; vertical-align: top; }
+th { background: #eef3f8; }
+tr:nth-child(even) td { background: #fafbfc; }
+blockquote { border-left: 4px solid #e0a800; background: #fff8e1; margin: 1em 0; padding: .5em 1em; }
+img { max-width: 100%; border: 1px solid #e1e4e8; }
+code { background: #f3f4f6; padding: 0 .25em; border-radius: 3px; font-size: .9em; }
+"""
+
+
+def to_html(markdown: str, folder: Path, title: str) -> str:
+    """Markdown -> one HTML file; ``figures/*.png`` referenced by the Markdown are inlined as data URIs."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown)
+
+    def inline(match: re.Match) -> str:
+        data = base64.b64encode((folder / match.group(1)).read_bytes()).decode("ascii")
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="(figures/[^"]+\.png)"', inline, body)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
+        f"<style>{STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n"
+    )
