@@ -8,6 +8,7 @@ swapped in at the end: a failed build leaves the previous report intact.
 from __future__ import annotations
 
 import base64
+import html
 import json
 import logging
 import re
@@ -373,6 +374,6 @@ def to_html(markdown: str, folder: Path, title: str) -> str:
 
     body = re.sub(r'src="(figures/[^"]+\.png)"', inline, body)
     return (
-        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
         f"<style>{STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n"
     )

@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from stage2_segment.evaluate import evaluate_run
 from stage2_segment.report.browser import find_browser, screenshot
 from stage2_segment.report.build import build_reports
+from stage2_segment.train import TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +64,24 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert heading_rule > 500, "the report's stylesheet did not apply"
     table_header = (np.abs(pixels - [0xEE, 0xF3, 0xF8]).sum(axis=2) < 6).sum()  # table header cells
     assert table_header > 2000, "no table rendered"
+
+
+def test_baseline_beside_zeus_in_the_comparison(evaluated_run, tmp_path, monkeypatch):
+    workspace, dataset, _ = evaluated_run
+    shutil.copytree(workspace, tmp_path / "home")
+    monkeypatch.setenv("ZEUS_HOME", str(tmp_path / "home"))
+    config = TrainConfig(model="unet", epochs=1, batch_size=2, lr=1e-3, slices_per_epoch=2, warmup_steps=1)
+    trainer = Trainer(dataset, config, progress=False)
+    trainer.fit()
+    summary = evaluate_run(trainer.run_dir, progress=False)  # no encoder, no instructions: slices in, labels out
+    assert set(summary["classes"]) == set(dataset.manifest.targets)
+    (html,) = build_reports([dataset.name], tmp_path / "reports")
+    markdown = html.with_suffix(".md").read_text(encoding="utf-8")
+    comparison = markdown.split("## Baselines and ablations")[1].split("##")[0]
+    unet = next(line for line in comparison.splitlines() if line.startswith("| U-Net (from scratch) |"))
+    zeus_summary = (
+        workspace / "runs" / dataset.name / "late__text-template__fold0" / "evaluation" / "test" / "summary.json"
+    )
+    zeus = json.loads(zeus_summary.read_text(encoding="utf-8"))
+    delta = summary["foreground_mean"]["volume"]["dice"] - zeus["foreground_mean"]["volume"]["dice"]
+    assert "baseline: 2-D U-Net from scratch" in unet and unet.rstrip(" |").endswith(f"{delta:+.3f}")
