@@ -37,7 +37,7 @@ from shared.atomic import write_atomic, write_json
 from shared.cases import CaseCache
 from shared.errors import DataError, Problem, ZeusError
 from shared.geometry import Geometry, to_array
-from shared.readers import open_layout
+from shared.readers import Layout, open_layout
 from shared.readers.base import read_image_file
 from shared.splits import load_splits
 from stage2_segment import metrics
@@ -194,9 +194,9 @@ def evaluate_run(
     dataset, config = predictor.dataset, predictor.config
     case_ids = _split_cases(dataset.name, split, config.fold)
     cases = CaseCache(dataset, config.image_size)
-    summary_prepare = cases.prepare(case_ids, progress=False)
-    if summary_prepare.problems:
-        raise DataError(summary_prepare.problems)
+    prepared = cases.prepare(case_ids, progress=False)
+    if prepared.problems:
+        raise DataError(prepared.problems)
     features, instructions = predictor.features(cases), predictor.instructions(dataset)
     targets = dataset.manifest.targets
     folder = run_dir / "evaluation" / split
@@ -239,7 +239,7 @@ def _split_cases(dataset: str, split: str, fold: int) -> list[str]:
     return ids
 
 
-def _ground_truth(layout, case_id: str, reference: str) -> sitk.Image:
+def _ground_truth(layout: Layout, case_id: str, reference: str) -> sitk.Image:
     """The label as stored on disk, on the reference modality's original grid."""
     sources = layout.sources(case_id)
     label = sources.label_for(reference)

@@ -48,6 +48,10 @@ def test_a_chaos_patient_folder_is_a_scan(tmp_path):
     expected = _arrays(open_layout(chaos).sources("1"))
     for name, array in _arrays(sources).items():
         np.testing.assert_array_equal(array, expected[name])
+    # the same series named one by one, as DICOM folders
+    named = [f"{m.name}={patient / m.source}" for m in chaos.manifest.modalities]
+    for name, array in _arrays(scan_sources(chaos.manifest, named)).items():
+        np.testing.assert_array_equal(array, expected[name])
 
 
 def test_modality_mismatches_are_clear_errors(tmp_path):

@@ -44,6 +44,7 @@ def test_predict_a_new_scan_to_nifti_on_its_own_grid(evaluated_run, tmp_path, mo
             for name in ("liver", "right_kidney", "left_kidney", "spleen")
         ]
     )
+    assert probabilities.dtype == np.float32 and np.unique(probabilities).size > 100  # probabilities, not masks
     assert probabilities.min() >= 0 and probabilities.sum(axis=0).max() <= 1 + 1e-5
     # its stage-1 instructions are cached in their own namespace, never among the dataset's cases
     shard = tmp_path / "home" / "instructions" / f"{dataset.name}-scans" / TAG / "patient_x.parquet"
