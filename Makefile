@@ -34,7 +34,7 @@ demo: setup
 	$(ZEUS) data check chaos --root $(HOME_DIR)/demo/CHAOS
 	$(ZEUS) data prepare demo
 	$(ZEUS) instructions demo
-	$(ZEUS) train demo --fusion late --epochs 3 --slices-per-epoch 16 --warmup-steps 2 --resume
+	$(ZEUS) train demo --fusion late --epochs 4 --slices-per-epoch 16 --warmup-steps 2 --resume
 	$(ZEUS) evaluate --run $(HOME_DIR)/runs/demo/late__text-instructions__fold0
 	$(ZEUS) report demo
 	@echo "Open reports/demo/report.html (or read reports/demo/report.md)."

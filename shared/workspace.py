@@ -18,12 +18,15 @@ def instructions_dir(dataset: str) -> Path:
     return zeus_home() / "instructions" / dataset
 
 
-def features_dir(dataset: str, encoder: str) -> Path:
-    return zeus_home() / "features" / dataset / encoder
+def features_dir(dataset: str, encoder: str | None = None) -> Path:
+    """One encoder's image-embedding cache of a dataset (all encoders' folders without ``encoder``)."""
+    folder = zeus_home() / "features" / dataset
+    return folder / encoder if encoder else folder
 
 
-def runs_dir(dataset: str) -> Path:
-    return zeus_home() / "runs" / dataset
+def runs_dir(dataset: str | None = None) -> Path:
+    """A dataset's run folders (every dataset's without ``dataset``)."""
+    return zeus_home() / "runs" / dataset if dataset else zeus_home() / "runs"
 
 
 def splits_path(dataset: str) -> Path:

@@ -70,7 +70,8 @@ def build_report(dataset: str, folder: Path) -> Path:
 
 def _markdown(dataset: str, runs: list[RunRecord], folder: Path) -> str:
     evaluated = [r for r in runs if r.evaluation]
-    targets = list(runs[0].info.get("manifest", {}).get("labels", {}))[1:] or _targets_of(evaluated)
+    labels = runs[0].info.get("manifest", {}).get("labels", {})
+    targets = [name for name, value in labels.items() if value != 0] or _targets_of(evaluated)
     sections = [
         f"# Zeus report: {dataset}",
         f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from `{zeus_home().resolve()}` "

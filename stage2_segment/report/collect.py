@@ -145,7 +145,7 @@ def _provenance(folder: Path) -> dict[str, Any]:
 
 def feature_costs(dataset: str) -> list[FeatureCost]:
     costs = []
-    for folder in sorted(p for p in features_dir(dataset, "").glob("*") if p.is_dir()):
+    for folder in sorted(p for p in features_dir(dataset).glob("*") if p.is_dir()):
         sidecars = [json.loads(p.read_text(encoding="utf-8")) for p in folder.glob("*.json")]
         timed = [s for s in sidecars if "images" in s]
         if timed:
@@ -156,5 +156,4 @@ def feature_costs(dataset: str) -> list[FeatureCost]:
 
 
 def datasets_with_runs() -> list[str]:
-    root = runs_dir("x").parent
-    return sorted(p.name for p in root.glob("*") if any(p.glob("*/config.json"))) if root.is_dir() else []
+    return sorted(p.name for p in runs_dir().glob("*") if any(p.glob("*/config.json")))
