@@ -38,7 +38,7 @@ from shared.cases import CaseCache
 from shared.errors import DataError, Problem, ZeusError
 from shared.geometry import Geometry, to_array
 from shared.readers import Layout, open_layout
-from shared.readers.base import read_image_file
+from shared.readers.base import check_label_values, read_image_file
 from shared.splits import load_splits
 from stage2_segment import metrics
 from stage2_segment.predict import Predictor
@@ -60,6 +60,9 @@ def score_case(
             f"({Geometry.of(true).describe()}): predictions must be on the ground truth's grid",
             files[0] if files else None,
         )
+    allowed = {0, *targets.values()}
+    for image, file in ((predicted, files[0] if files else None), (true, files[1] if files else None)):
+        check_label_values(to_array(image), allowed, case_id, file)  # a probability map, or unknown classes
     pred, gt = to_array(predicted).astype(np.int64), to_array(true).astype(np.int64)
     spacing = tuple(float(s) for s in reversed(true.GetSpacing()))  # array axes z, y, x
     case_rows, slice_rows = [], []

@@ -75,6 +75,9 @@ def test_missing_prediction_and_grid_mismatch_are_clear_errors(tmp_path):
     _write(pred / "b.nii.gz", np.zeros((8, 16, 16)), spacing=(1.0, 1.0, 2.5))
     with pytest.raises(DataError, match="differs from the ground truth grid"):
         evaluate_files(pred, gt, tmp_path / "out", TARGETS)
+    _write(pred / "b.nii.gz", np.full((8, 16, 16), 7))
+    with pytest.raises(DataError, match=r"label values \[7\] are not in the manifest"):
+        evaluate_files(pred, gt, tmp_path / "out", TARGETS)
     with pytest.raises(ZeusError, match="both be image files or both folders"):
         evaluate_files(pred / "a.nii.gz", gt, tmp_path / "out", TARGETS)
 
