@@ -79,8 +79,9 @@ EPOCHS ?= 10
 train: setup
 	$(ZEUS) train $(DATASET) $(ROOT_OPT) --fusion $(FUSION) --text $(TEXT) --epochs $(EPOCHS)
 
+## Evaluate any run not evaluated yet (or retrained since), then write reports/<dataset>/report.{md,html}.
 report: setup
-	$(ZEUS) report
+	$(ZEUS) report --evaluate
 
 bench: setup
 	$(BIN)/python benchmarks/prepare_data.py

@@ -107,11 +107,20 @@ def report(
     dataset: Annotated[list[str] | None, typer.Argument(help="Datasets to report (default: all with runs).")] = None,
     out: Annotated[Path, typer.Option(help="Reports folder: <out>/<dataset>/report.{md,html}.")] = Path("reports"),
     screenshot: Annotated[bool, typer.Option(help="Also render report.png in headless chromium.")] = False,
+    evaluate: Annotated[
+        bool, typer.Option(help="First evaluate runs with no test evaluation, or one older than best.pt.")
+    ] = False,
 ) -> None:
     """Results tables, ablations, costs, training curves, overlays and provenance: Markdown + one HTML file."""
+    from stage2_segment.evaluate import evaluate_run, pending_runs
     from stage2_segment.report.browser import screenshot as take_screenshot
     from stage2_segment.report.build import build_reports
+    from stage2_segment.report.collect import datasets_with_runs
 
+    if evaluate:
+        for run in [run for name in dataset or datasets_with_runs() for run in pending_runs(name)]:
+            typer.echo(f"evaluating {run}")
+            evaluate_run(run)
     for html in build_reports(dataset, out):
         typer.echo(f"report: {html.with_suffix('.md')}")
         typer.echo(f"report: {html}")

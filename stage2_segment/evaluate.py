@@ -40,6 +40,7 @@ from shared.geometry import Geometry, to_array
 from shared.readers import Layout, open_layout
 from shared.readers.base import check_label_values, read_image_file
 from shared.splits import load_splits
+from shared.workspace import runs_dir
 from stage2_segment import metrics
 from stage2_segment.predict import Predictor
 
@@ -283,3 +284,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     means = [("n/a" if fg[m] is None else f"{fg[m]:.3f}") for m in METRICS]
     lines.append(f"{'foreground mean':20s} {means[0]:>17s} {means[1]:>17s} {means[2]:>17s}")
     return "\n".join(lines)
+
+
+def pending_runs(dataset: str, split: str = "test") -> list[Path]:
+    """Finished runs of a dataset whose evaluation is missing or older than their best checkpoint."""
+    pending = []
+    for run in sorted(p for p in runs_dir(dataset).glob("*") if (p / "config.json").is_file()):
+        best, summary = run / "checkpoints" / "best.pt", run / "evaluation" / split / "summary.json"
+        if best.is_file() and (not summary.is_file() or summary.stat().st_mtime < best.stat().st_mtime):
+            pending.append(run)
+    return pending

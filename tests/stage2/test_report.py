@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stage2_segment.evaluate import evaluate_run
+from stage2_segment.evaluate import evaluate_run, pending_runs
 from stage2_segment.report.browser import find_browser, screenshot
 from stage2_segment.report.build import build_reports
 from stage2_segment.train import TrainConfig, Trainer
@@ -73,7 +73,9 @@ def test_baseline_beside_zeus_in_the_comparison(evaluated_run, tmp_path, monkeyp
     config = TrainConfig(model="unet", epochs=1, batch_size=2, lr=1e-3, slices_per_epoch=2, warmup_steps=1)
     trainer = Trainer(dataset, config, progress=False)
     trainer.fit()
+    assert pending_runs(dataset.name) == [trainer.run_dir]  # the late-fusion run is evaluated already
     summary = evaluate_run(trainer.run_dir, progress=False)  # no encoder, no instructions: slices in, labels out
+    assert pending_runs(dataset.name) == []
     assert set(summary["classes"]) == set(dataset.manifest.targets)
     (html,) = build_reports([dataset.name], tmp_path / "reports")
     markdown = html.with_suffix(".md").read_text(encoding="utf-8")
