@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shared.errors import ZeusError
-from shared.workspace import zeus_home
+from shared.workspace import slug, zeus_home
 
 MANIFEST_DIR = Path(os.environ.get("ZEUS_MANIFESTS", Path(__file__).resolve().parents[1] / "data_manifests"))
 
@@ -284,7 +284,7 @@ def manifest_from_dataset_json(folder: Path) -> Manifest:
     )
     labels = {("background" if v == 0 else k): v for k, v in labels.items()}
     return Manifest(
-        name=_slug(str(data.get("name") or folder.name)),
+        name=slug(str(data.get("name") or folder.name)) or "dataset",
         title=str(data.get("description") or data.get("name") or folder.name),
         layout=layout,
         modalities=modalities,
@@ -300,7 +300,3 @@ def _nnunet_labels(labels: dict[str, Any], path: Path) -> dict[str, int]:
     if regions:
         raise ZeusError(f"{path}: region-based labels {regions} are not supported; give one integer per label")
     return {str(k): int(v) for k, v in labels.items()}
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "dataset"

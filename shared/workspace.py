@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -35,3 +36,8 @@ def splits_path(dataset: str) -> Path:
 
 def demo_dir() -> Path:
     return zeus_home() / "demo"
+
+
+def slug(name: str) -> str:
+    """A name safe in file names: lower case, runs of anything but letters and digits as one ``_``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")

@@ -38,7 +38,7 @@ from shared.cases import CaseCache
 from shared.errors import DataError, Problem, ZeusError
 from shared.geometry import Geometry, to_array
 from shared.readers import Layout, open_layout
-from shared.readers.base import check_label_values, read_image_file
+from shared.readers.base import IMAGE_ENDINGS, check_label_values, image_stem, read_image_file, visible_files
 from shared.splits import load_splits
 from shared.workspace import runs_dir
 from stage2_segment import metrics
@@ -46,7 +46,6 @@ from stage2_segment.predict import Predictor
 
 log = logging.getLogger(__name__)
 
-IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd")
 METRICS = ("dice", "iou", "hd95")
 
 
@@ -155,24 +154,20 @@ def evaluate_files(
 def match_files(predictions: Path, ground_truth: Path) -> list[tuple[str, Path, Path]]:
     """(case id, prediction, ground truth) triples; every ground-truth file needs its prediction."""
     if predictions.is_file() and ground_truth.is_file():
-        return [(_case_id(ground_truth), predictions, ground_truth)]
+        return [(image_stem(ground_truth), predictions, ground_truth)]
     if not (predictions.is_dir() and ground_truth.is_dir()):
         raise ZeusError(
             f"--pred and --gt must both be image files or both folders: got {predictions} "
             f"({_kind(predictions)}) and {ground_truth} ({_kind(ground_truth)})"
         )
-    truths = sorted(p for p in ground_truth.iterdir() if p.name.endswith(IMAGE_ENDINGS) and not p.name.startswith("."))
+    truths = visible_files(ground_truth, IMAGE_ENDINGS)
     if not truths:
         raise ZeusError(f"no ground-truth images ({', '.join(IMAGE_ENDINGS)}) in {ground_truth}")
-    missing = [Problem(_case_id(t), "no prediction with this file name", predictions / t.name) for t in truths]
+    missing = [Problem(image_stem(t), "no prediction with this file name", predictions / t.name) for t in truths]
     missing = [p for p in missing if not p.file.is_file()]
     if missing:
         raise DataError(missing)
-    return [(_case_id(t), predictions / t.name, t) for t in truths]
-
-
-def _case_id(path: Path) -> str:
-    return next((path.name[: -len(e)] for e in IMAGE_ENDINGS if path.name.endswith(e)), path.stem)
+    return [(image_stem(t), predictions / t.name, t) for t in truths]
 
 
 def _kind(path: Path) -> str:
@@ -183,7 +178,7 @@ def _targets_in(paths: Iterable[Path]) -> dict[str, int]:
     """Without a manifest, every non-zero value found in the ground truth is a class named by its value."""
     values: set[int] = set()
     for path in paths:
-        values |= {int(v) for v in np.unique(to_array(read_image_file(path, _case_id(path))))}
+        values |= {int(v) for v in np.unique(to_array(read_image_file(path, image_stem(path))))}
     return {f"label {v}": v for v in sorted(values - {0})}
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from shared.atomic import write_image
 from shared.cases import CaseCache, CaseMeta
 from shared.errors import ZeusError
 from shared.manifest import Dataset, manifest_from_json, resolve_dataset
+from shared.workspace import slug
 from stage2_segment.data import SliceDataset
 from stage2_segment.features import FeatureCache
 from stage2_segment.instructions import InstructionTable
@@ -109,7 +109,7 @@ class Predictor:
         if probability_maps:
             for index, target in enumerate(self.dataset.manifest.targets, start=1):
                 image = sitk.Cast(meta.restore(probabilities[index], is_label=False), sitk.sitkFloat32)
-                path = out_dir / f"{meta.case_id}_prob_{_slug(target)}.nii.gz"
+                path = out_dir / f"{meta.case_id}_prob_{slug(target)}.nii.gz"
                 write_image(path, image)
                 written.append(path)
         return written
@@ -121,7 +121,3 @@ def run_dataset(info: dict, root: Path | None) -> Dataset:
         return resolve_dataset(info["dataset"], root)
     manifest = manifest_from_json(info["manifest"], source=Path(info.get("dataset_root", ".")))
     return Dataset(manifest, root or Path(info["dataset_root"]))
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")

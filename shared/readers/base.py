@@ -62,6 +62,16 @@ class Layout(Protocol):
     def sources(self, case_id: str) -> CaseSources: ...
 
 
+# Single-volume image files the readers accept, longest ending first (".nii.gz" before ".nii").
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+
+
+def image_stem(path: Path) -> str:
+    """The file name without its image ending: ``case_001.nii.gz`` -> ``case_001``."""
+    name = path.name
+    return next((name[: -len(e)] for e in IMAGE_ENDINGS if name.lower().endswith(e)), path.stem)
+
+
 def natural_key(path: Path) -> list[object]:
     """Sort key comparing digit runs as numbers: ``img2 < img10``."""
     return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", path.name)]

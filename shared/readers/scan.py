@@ -20,19 +20,17 @@ import nibabel as nib
 
 from shared.errors import ZeusError
 from shared.manifest import Manifest
-from shared.readers.base import CaseSources, VolumeSource
+from shared.readers.base import IMAGE_ENDINGS, CaseSources, VolumeSource, image_stem
 from shared.readers.chaos import ChaosLayout, DicomSeries
 from shared.readers.nifti import Nifti4D, NiftiVolume
 
 NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii(\.gz)?)$")
-IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 
 
 def scan_sources(manifest: Manifest, inputs: list[str], case_id: str | None = None) -> CaseSources:
     """The image sources of one new scan; a mismatch with the manifest's modalities is a ``ZeusError``."""
     if not inputs:
         raise ZeusError("no --input given: pass the scan (a file, per-modality files, or a folder)")
-    expected = ", ".join(manifest.modality_names)
     if all("=" in item for item in inputs):
         return _named(manifest, inputs, case_id)
     paths = [Path(item).expanduser() for item in inputs]
@@ -46,21 +44,22 @@ def scan_sources(manifest: Manifest, inputs: list[str], case_id: str | None = No
     if all(NNUNET_CHANNEL.match(p.name) for p in paths):
         return _nnunet_channels(manifest, paths, case_id)
     raise ZeusError(
-        f"cannot tell which input is which modality ({expected}): give one 4-D NIfTI, nnU-Net channel files "
-        "CASE_0000.nii.gz ..., or MODALITY=PATH for each modality"
+        f"cannot tell which input is which modality ({', '.join(manifest.modality_names)}): give one 4-D NIfTI, "
+        "nnU-Net channel files CASE_0000.nii.gz ..., or MODALITY=PATH for each modality"
     )
 
 
 def _named(manifest: Manifest, inputs: list[str], case_id: str | None) -> CaseSources:
     given = dict(item.split("=", 1) for item in inputs)
-    unknown, missing = sorted(set(given) - set(manifest.modality_names)), _missing(manifest, given)
+    unknown = sorted(set(given) - set(manifest.modality_names))
+    missing = [name for name in manifest.modality_names if name not in given]
     if unknown or missing:
         raise ZeusError(
             f"the model was trained on the modalities {list(manifest.modality_names)}; the scan gives "
             f"{sorted(given)} (unknown: {unknown}, missing: {missing})"
         )
     paths = {name: Path(path).expanduser() for name, path in given.items()}
-    case = case_id or _stem(paths[manifest.reference_modality])
+    case = case_id or image_stem(paths[manifest.reference_modality])
     images = {name: _volume(case, path) for name, path in paths.items()}
     return CaseSources(case, {m: images[m] for m in manifest.modality_names}, [])
 
@@ -83,7 +82,7 @@ def _four_d(manifest: Manifest, path: Path, case_id: str | None) -> CaseSources:
             f"{path} has {channels} channel(s) (shape {list(shape)}); the model was trained on "
             f"{len(manifest.modalities)} modalities {list(manifest.modality_names)}, in that order"
         )
-    case = case_id or _stem(path)
+    case = case_id or image_stem(path)
     volume = Nifti4D(case, path, channels)
     return CaseSources(case, {m.name: volume.channel(m.channel) for m in manifest.modalities}, [])
 
@@ -122,12 +121,3 @@ def _chaos_patient(manifest: Manifest, folder: Path, case_id: str | None) -> Cas
         )
     case = case_id or folder.name
     return CaseSources(case, sources.images, [])
-
-
-def _missing(manifest: Manifest, given: dict[str, str]) -> list[str]:
-    return [name for name in manifest.modality_names if name not in given]
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    return next((name[: -len(e)] for e in IMAGE_ENDINGS if name.lower().endswith(e)), path.stem)

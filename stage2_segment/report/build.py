@@ -22,7 +22,7 @@ import numpy as np
 from shared.cases import CaseCache
 from shared.errors import ZeusError
 from shared.provenance import git_revision
-from shared.workspace import zeus_home
+from shared.workspace import slug, zeus_home
 from stage2_segment.instructions import InstructionTable
 from stage2_segment.metrics import score_masks
 from stage2_segment.predict import run_dataset
@@ -239,8 +239,7 @@ def _qualitative(evaluated: list[RunRecord], folder: Path) -> str:
         "(red), and the instruction the model was given for the reference modality.",
     ]
     for target, panels in panels_by_target.items():
-        name = re.sub(r"[^a-z0-9]+", "_", target.lower()).strip("_")
-        path = figures.overlays(panels, f"{best.label}: {target}", folder / "figures" / f"overlay_{name}.png")
+        path = figures.overlays(panels, f"{best.label}: {target}", folder / "figures" / f"overlay_{slug(target)}.png")
         if path:
             lines.append(f"![{target}](figures/{path.name})")
     return "\n\n".join(lines)
