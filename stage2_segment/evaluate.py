@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -53,17 +52,19 @@ def score_case(
     case_id: str, predicted: sitk.Image, true: sitk.Image, targets: dict[str, int], files: tuple[Path, Path] | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows of cases.csv and slices.csv for one case; both images must share one grid."""
+    pred_file, true_file = files or (None, None)
     if not Geometry.of(predicted).matches(Geometry.of(true)):
         raise DataError.single(
             case_id,
             f"prediction grid ({Geometry.of(predicted).describe()}) differs from the ground truth grid "
             f"({Geometry.of(true).describe()}): predictions must be on the ground truth's grid",
-            files[0] if files else None,
+            pred_file,
         )
+    pred, gt = to_array(predicted), to_array(true)
     allowed = {0, *targets.values()}
-    for image, file in ((predicted, files[0] if files else None), (true, files[1] if files else None)):
-        check_label_values(to_array(image), allowed, case_id, file)  # a probability map, or unknown classes
-    pred, gt = to_array(predicted).astype(np.int64), to_array(true).astype(np.int64)
+    check_label_values(pred, allowed, case_id, pred_file)  # a probability map, or another dataset's classes
+    check_label_values(gt, allowed, case_id, true_file)
+    pred, gt = pred.astype(np.int64), gt.astype(np.int64)
     spacing = tuple(float(s) for s in reversed(true.GetSpacing()))  # array axes z, y, x
     case_rows, slice_rows = [], []
     for name, value in targets.items():
@@ -257,26 +258,26 @@ def _save_model_slices(path: Path, labels: np.ndarray) -> None:
     write_atomic(path, save)
 
 
-def read_summary(folder: Path) -> dict[str, Any] | None:
-    path = folder / "summary.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+def format_stats(stats: dict[str, Any], digits: int) -> str:
+    """``mean ± std`` of one summary entry, or ``n/a`` where no case defined it."""
+    return "n/a" if stats["mean"] is None else f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def format_number(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def format_summary(summary: dict[str, Any]) -> str:
     """A plain-text table: per class mean ± std of Dice, IoU and HD95 (3-D), and the foreground mean."""
-
-    def cell(stats: dict[str, Any], digits: int) -> str:
-        return "n/a" if stats["mean"] is None else f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
-
     lines = [f"{'class':20s} {'Dice':>17s} {'IoU':>17s} {'HD95 (mm)':>17s} {'empty':>5s}"]
     for name, c in summary["classes"].items():
         v = c["volume"]
         lines.append(
-            f"{name:20s} {cell(v['dice'], 3):>17s} {cell(v['iou'], 3):>17s} {cell(v['hd95'], 1):>17s} "
-            f"{c['empty_cases']:>5d}"
+            f"{name:20s} {format_stats(v['dice'], 3):>17s} {format_stats(v['iou'], 3):>17s} "
+            f"{format_stats(v['hd95'], 1):>17s} {c['empty_cases']:>5d}"
         )
     fg = summary["foreground_mean"]["volume"]
-    means = [("n/a" if fg[m] is None else f"{fg[m]:.3f}") for m in METRICS]
+    means = [format_number(fg[m], 3) for m in METRICS]
     lines.append(f"{'foreground mean':20s} {means[0]:>17s} {means[1]:>17s} {means[2]:>17s}")
     return "\n".join(lines)
 

@@ -15,7 +15,6 @@ import re
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -23,6 +22,7 @@ from shared.cases import CaseCache
 from shared.errors import ZeusError
 from shared.provenance import git_revision
 from shared.workspace import slug, zeus_home
+from stage2_segment.evaluate import format_number, format_stats
 from stage2_segment.instructions import InstructionTable
 from stage2_segment.metrics import score_masks
 from stage2_segment.predict import run_dataset
@@ -75,7 +75,7 @@ def _markdown(dataset: str, runs: list[RunRecord], folder: Path) -> str:
     sections = [
         f"# Zeus report: {dataset}",
         f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from `{zeus_home().resolve()}` "
-        f"at git revision `{git_revision() or 'unknown'}`. {len(runs)} run(s), {len(evaluated)} evaluated on the "
+        f"at git revision `{git_revision()}`. {len(runs)} run(s), {len(evaluated)} evaluated on the "
         f"`{EVALUATED_SPLIT}` split.",
         _results(evaluated, targets, runs),
         _comparison(evaluated),
@@ -110,13 +110,16 @@ def _results(evaluated: list[RunRecord], targets: list[str], runs: list[RunRecor
             rows = [
                 [
                     r.label,
-                    *(_cell(r.evaluation["classes"][t]["volume"][metric], digits) for t in targets),
-                    _number(r.evaluation["foreground_mean"]["volume"][metric], digits),
+                    *(format_stats(r.evaluation["classes"][t]["volume"][metric], digits) for t in targets),
+                    format_number(r.evaluation["foreground_mean"]["volume"][metric], digits),
                 ]
                 for r in evaluated
             ]
             lines += [f"### {title}", _table(header, rows)]
-        rows = [[r.label, *(_cell(r.evaluation["classes"][t]["slice"]["dice"], 3) for t in targets)] for r in evaluated]
+        rows = [
+            [r.label, *(format_stats(r.evaluation["classes"][t]["slice"]["dice"], 3) for t in targets)]
+            for r in evaluated
+        ]
         note = "Slices where the class is in neither mask are left out."
         lines += ["### DSC per 2-D slice", note, _table(["Run", *targets], rows)]
     if missing:
@@ -136,7 +139,7 @@ def _comparison(evaluated: list[RunRecord]) -> str:
         delta = "" if r is reference or fg["dice"] is None or ref_dice is None else f"{fg['dice'] - ref_dice:+.3f}"
         text = "-" if r.model == "unet" else r.train["text"]
         fusion = "-" if r.model == "unet" else r.train["fusion"]
-        scores = [_number(fg["dice"], 3), _number(fg["iou"], 3), _number(fg["hd95"], 1)]
+        scores = [format_number(fg["dice"], 3), format_number(fg["iou"], 3), format_number(fg["hd95"], 1)]
         rows.append([r.label, r.role, text, fusion, *scores, delta])
     header = ["Run", "role", "text", "fusion", "DSC", "mIoU", "HD95 (mm)", f"Δ DSC vs {reference.label}"]
     return "## Baselines and ablations\n\nForeground means of the table above, side by side.\n\n" + _table(header, rows)
@@ -333,16 +336,6 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(escape(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def _cell(stats: dict[str, Any], digits: int) -> str:
-    if stats["mean"] is None:
-        return "n/a"
-    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
-
-
-def _number(value: float | None, digits: int) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 # -- HTML ---------------------------------------------------------------------------------------------------
