@@ -39,9 +39,9 @@ from shared.geometry import Geometry, to_array
 from shared.readers import Layout, open_layout
 from shared.readers.base import IMAGE_ENDINGS, check_label_values, image_stem, read_image_file, visible_files
 from shared.splits import load_splits
-from shared.workspace import runs_dir
 from stage2_segment import metrics
 from stage2_segment.predict import Predictor
+from stage2_segment.train import run_folders
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 def pending_runs(dataset: str, split: str = "test") -> list[Path]:
     """Finished runs of a dataset whose evaluation is missing or older than their best checkpoint."""
     pending = []
-    for run in sorted(p for p in runs_dir(dataset).glob("*") if (p / "config.json").is_file()):
+    for run in run_folders(dataset):
         best, summary = run / "checkpoints" / "best.pt", run / "evaluation" / split / "summary.json"
         if best.is_file() and (not summary.is_file() or summary.stat().st_mtime < best.stat().st_mtime):
             pending.append(run)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from stage2_segment.features import FeatureCache
 from stage2_segment.instructions import InstructionTable
 from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
 from stage2_segment.modeling.unet import UNetBaseline
-from stage2_segment.train import TrainConfig, feature_cache, pick_device
+from stage2_segment.train import TrainConfig, feature_cache, mixed_precision, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ class Predictor:
         if features is not None:
             features.ensure([case_id], progress=False)
         slices = SliceDataset([case_id], cases, features, instructions, with_labels=False)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        autocast = mixed_precision(self.device)
         out = []
         for batch in DataLoader(slices, batch_size=batch_size, shuffle=False):
             text = batch["text"].to(self.device) if "text" in batch else None

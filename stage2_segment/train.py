@@ -120,6 +120,16 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
+def mixed_precision(device: torch.device):
+    """bf16 autocast on CUDA; fp32 (no autocast) on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def run_folders(dataset: str) -> list[Path]:
+    """A dataset's run folders (those with a config.json), in name order."""
+    return sorted(p for p in runs_dir(dataset).glob("*") if (p / "config.json").is_file())
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -151,7 +161,7 @@ class Trainer:
         self.device = pick_device()
         self.dist = Distributed.setup(self.device)
         self.run_dir = run_dir or runs_dir(dataset.name) / config.name
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        self.autocast = mixed_precision(self.device)
         manifest = dataset.manifest
         self.cases = CaseCache(dataset, config.image_size)
         self.cases.prepare(progress=progress and self.dist.main, workers=1)

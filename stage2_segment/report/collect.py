@@ -15,7 +15,7 @@ from typing import Any
 
 from shared.schema import RUN_LOG
 from shared.workspace import features_dir, instructions_dir, runs_dir
-from stage2_segment.train import TrainConfig
+from stage2_segment.train import TrainConfig, run_folders
 
 EVALUATED_SPLIT = "test"
 
@@ -84,7 +84,6 @@ class RunRecord:
 class StageOneCost:
     tag: str
     runs: list[dict[str, Any]] = field(default_factory=list)
-    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def cold(self) -> dict[str, Any] | None:
@@ -107,7 +106,7 @@ class FeatureCost:
 
 def collect_runs(dataset: str) -> list[RunRecord]:
     records = []
-    for folder in sorted(p for p in runs_dir(dataset).glob("*") if (p / "config.json").is_file()):
+    for folder in run_folders(dataset):
         info = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         summary = folder / "evaluation" / EVALUATED_SPLIT / "summary.json"
         evaluation = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else None
@@ -128,19 +127,8 @@ def stage_one_costs(dataset: str, tags: set[str]) -> list[StageOneCost]:
         folder = instructions_dir(dataset) / tag
         log = folder / RUN_LOG
         runs = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.is_file() else []
-        costs.append(StageOneCost(tag, runs, _provenance(folder)))
+        costs.append(StageOneCost(tag, runs))
     return costs
-
-
-def _provenance(folder: Path) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
-    from shared.schema import PROVENANCE_KEY
-
-    shard = next(iter(sorted(folder.glob("*.parquet"))), None)
-    if shard is None:
-        return {}
-    return json.loads((pq.read_schema(shard).metadata or {}).get(PROVENANCE_KEY, b"{}"))
 
 
 def feature_costs(dataset: str) -> list[FeatureCost]:
