@@ -78,7 +78,8 @@ def evaluate(
 ) -> None:
     """Dice, IoU and HD95 (mm) per case x class in the original geometry, and per 2-D slice: CSV + summary JSON."""
     from shared.errors import ZeusError
-    from stage2_segment.evaluate import evaluate_files, evaluate_run, format_summary
+    from shared.manifest import resolve_manifest
+    from stage2_segment.evaluate import evaluate_files, evaluate_run, evaluation_dir, format_summary
 
     if run is not None and (pred or gt):
         raise ZeusError("give either --run, or --pred with --gt, not both")
@@ -86,9 +87,9 @@ def evaluate(
         if out is not None:
             raise ZeusError("--out is for --pred/--gt; a run's evaluation goes to <run>/evaluation/<split>")
         summary = evaluate_run(run, split=split, root=root)
-        folder = run / "evaluation" / split
+        folder = evaluation_dir(run, split)
     elif pred is not None and gt is not None:
-        targets = _targets(dataset) if dataset else None
+        targets = resolve_manifest(dataset).targets if dataset else None
         folder = out or (pred if pred.is_dir() else pred.parent) / "evaluation"
         summary = evaluate_files(pred, gt, folder, targets)
     else:
@@ -97,18 +98,15 @@ def evaluate(
     typer.echo(f"{summary['cases']} case(s) -> {folder}/cases.csv, slices.csv, summary.json")
 
 
-def _targets(dataset: str) -> dict[str, int]:
-    from shared.manifest import resolve_manifest
-
-    return resolve_manifest(dataset).targets
-
-
 def report(
     dataset: Annotated[list[str] | None, typer.Argument(help="Datasets to report (default: all with runs).")] = None,
     out: Annotated[Path, typer.Option(help="Reports folder: <out>/<dataset>/report.{md,html}.")] = Path("reports"),
     screenshot: Annotated[bool, typer.Option(help="Also render report.png in headless chromium.")] = False,
-    evaluate: Annotated[
-        bool, typer.Option(help="First evaluate runs with no test evaluation, or one older than best.pt.")
+    evaluate_first: Annotated[
+        bool,
+        typer.Option(
+            "--evaluate/--no-evaluate", help="First evaluate runs with no test evaluation, or one older than best.pt."
+        ),
     ] = False,
 ) -> None:
     """Results tables, ablations, costs, training curves, overlays and provenance: Markdown + one HTML file."""
@@ -117,7 +115,7 @@ def report(
     from stage2_segment.report.build import build_reports
     from stage2_segment.report.collect import datasets_with_runs
 
-    if evaluate:
+    if evaluate_first:
         for run in [run for name in dataset or datasets_with_runs() for run in pending_runs(name)]:
             typer.echo(f"evaluating {run}")
             evaluate_run(run)

@@ -186,6 +186,11 @@ def _targets_in(paths: Iterable[Path]) -> dict[str, int]:
 # -- a run's held-out cases ---------------------------------------------------------------------------------
 
 
+def evaluation_dir(run_dir: Path, split: str = "test") -> Path:
+    """Where a run's evaluation of a split lives: predictions/, model_slices/, cases.csv, slices.csv, summary.json."""
+    return run_dir / "evaluation" / split
+
+
 def evaluate_run(
     run_dir: Path, *, split: str = "test", root: Path | None = None, progress: bool = True
 ) -> dict[str, Any]:
@@ -199,7 +204,7 @@ def evaluate_run(
         raise DataError(prepared.problems)
     features, instructions = predictor.features(cases), predictor.instructions(dataset)
     targets = dataset.manifest.targets
-    folder = run_dir / "evaluation" / split
+    folder = evaluation_dir(run_dir, split)
     layout = open_layout(dataset)
     case_rows: list[dict] = []
     slice_rows: list[dict] = []
@@ -286,7 +291,7 @@ def pending_runs(dataset: str, split: str = "test") -> list[Path]:
     """Finished runs of a dataset whose evaluation is missing or older than their best checkpoint."""
     pending = []
     for run in run_folders(dataset):
-        best, summary = run / "checkpoints" / "best.pt", run / "evaluation" / split / "summary.json"
+        best, summary = run / "checkpoints" / "best.pt", evaluation_dir(run, split) / "summary.json"
         if best.is_file() and (not summary.is_file() or summary.stat().st_mtime < best.stat().st_mtime):
             pending.append(run)
     return pending

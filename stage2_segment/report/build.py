@@ -22,7 +22,7 @@ from shared.cases import CaseCache
 from shared.errors import ZeusError
 from shared.provenance import git_revision
 from shared.workspace import slug, zeus_home
-from stage2_segment.evaluate import format_number, format_stats
+from stage2_segment.evaluate import evaluation_dir, format_number, format_stats
 from stage2_segment.instructions import InstructionTable
 from stage2_segment.metrics import score_masks
 from stage2_segment.predict import run_dataset
@@ -256,7 +256,7 @@ def overlay_panels(run: RunRecord, per_target: int = 2) -> dict[str, list[figure
     reference = manifest.reference_modality
     channel = manifest.modality_names.index(reference)
     table = InstructionTable(manifest, run.tag) if run.tag else None
-    slices_dir = run.folder / "evaluation" / EVALUATED_SPLIT / "model_slices"
+    slices_dir = evaluation_dir(run.folder, EVALUATED_SPLIT) / "model_slices"
     loaded = {c: _load_case(cases, slices_dir, c) for c in case_ids}
     out: dict[str, list[figures.OverlayPanel]] = {}
     for target, value in manifest.targets.items():

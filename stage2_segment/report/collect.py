@@ -15,6 +15,7 @@ from typing import Any
 
 from shared.schema import RUN_LOG
 from shared.workspace import features_dir, instructions_dir, runs_dir
+from stage2_segment.evaluate import evaluation_dir
 from stage2_segment.train import TrainConfig, run_folders
 
 EVALUATED_SPLIT = "test"
@@ -108,7 +109,7 @@ def collect_runs(dataset: str) -> list[RunRecord]:
     records = []
     for folder in run_folders(dataset):
         info = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        summary = folder / "evaluation" / EVALUATED_SPLIT / "summary.json"
+        summary = evaluation_dir(folder, EVALUATED_SPLIT) / "summary.json"
         evaluation = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else None
         records.append(RunRecord(folder.name, folder, info, _read_log(folder / "log.csv"), evaluation))
     return records
