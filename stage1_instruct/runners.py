@@ -61,6 +61,7 @@ class RunReport:
         entry = {
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **asdict(self.stats),
+            "model_calls": self.stats.model_calls,
             "seconds": round(self.seconds, 3),
         }
         self.store.mkdir(parents=True, exist_ok=True)

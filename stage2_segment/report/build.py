@@ -165,9 +165,8 @@ def _costs(dataset: str, runs: list[RunRecord]) -> str:
             rows.append([f"`{cost.tag}`", "no timed run", "", "", "", "", ""])
             continue
         rate = cold["requests"] / cold["seconds"] if cold["seconds"] else 0
-        calls = cold["described"] + cold["instructed"] + cold["embedded"]
         rerun = f"{latest['cached']}/{latest['requests']} cached, {latest['seconds']:.1f} s" if latest else ""
-        counts = [str(cold["cases"]), str(cold["requests"]), str(calls)]
+        counts = [str(cold["cases"]), str(cold["requests"]), str(cold["model_calls"])]
         rows.append([f"`{cost.tag}`", *counts, f"{cold['seconds']:.1f} s", f"{rate:.1f}", rerun])
     if rows:
         header = ["stage-1 store", "cases", "requests", "model calls", "time", "requests/s", "latest run"]
