@@ -166,7 +166,11 @@ def _costs(dataset: str, runs: list[RunRecord]) -> str:
             continue
         rate = cold["requests"] / cold["seconds"] if cold["seconds"] else 0
         rerun = f"{latest['cached']}/{latest['requests']} cached, {latest['seconds']:.1f} s" if latest else ""
-        counts = [str(cold["cases"]), str(cold["requests"]), str(cold["model_calls"])]
+        counts = [
+            str(cold["cases"]),
+            str(cold["requests"]),
+            str(cold.get("model_calls", "n/a")),
+        ]  # n/a: logs older than the field
         rows.append([f"`{cost.tag}`", *counts, f"{cold['seconds']:.1f} s", f"{rate:.1f}", rerun])
     if rows:
         header = ["stage-1 store", "cases", "requests", "model calls", "time", "requests/s", "latest run"]
