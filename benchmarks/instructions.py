@@ -28,13 +28,14 @@ def _peak_mib() -> float:
 
 
 def phase_run(backend: str) -> dict:
+    from shared.instructions import PRESETS
     from shared.manifest import resolve_dataset
-    from stage1_instruct.cli import PRESETS
     from stage1_instruct.config import Stage1Config
     from stage1_instruct.runners import run_local
 
-    describe, instruct, embed = PRESETS[backend]
-    report = run_local(resolve_dataset("demo"), Stage1Config(describe, instruct, embed), progress=False)
+    preset = PRESETS[backend]
+    config = Stage1Config(preset.describe, preset.instruct, preset.embed)
+    report = run_local(resolve_dataset("demo"), config, progress=False)
     s = report.stats
     return {
         "seconds": report.seconds,
@@ -51,15 +52,11 @@ def phase_run(backend: str) -> dict:
 def phase_embed(backend: str) -> dict:
     from sentence_transformers import SentenceTransformer
 
-    from shared.manifest import resolve_dataset
-    from stage1_instruct.cli import PRESETS
-    from stage1_instruct.config import Stage1Config
-    from stage1_instruct.embed import SentenceTransformersEmbedder
-    from stage1_instruct.models import minilm_dir
-    from stage1_instruct.runners import store_for
+    from shared.instructions import PRESETS, InstructionStore
+    from stage1_instruct.embed.sentence_transformers_backend import SentenceTransformersEmbedder
+    from stage1_instruct.offline_models import minilm_dir
 
-    describe, instruct, embed = PRESETS[backend]
-    table = store_for(resolve_dataset("demo"), Stage1Config(describe, instruct, embed)).read(columns=["instruction"])
+    table = InstructionStore.of("demo", PRESETS[backend].tag).read(columns=["instruction"])
     texts = (table.column("instruction").to_pylist() * 4)[:2048]
     ours = SentenceTransformersEmbedder()
     reference = SentenceTransformer(str(minilm_dir()))

@@ -1,7 +1,7 @@
 """Benchmark stage 2 on the demo data (CPU here; CUDA when available).
 
 1. training slices/s with cached image embeddings vs recomputing the frozen encoder every step, against the
-   FLOP bound (75 + 10.8 P) / (10.8 P) for P decoder prompts per encoded image (DESIGN.md);
+   FLOP bound (75 + 10.8 P) / (10.8 P) for P decoder prompts per encoded image (docs/architecture.md);
 2. data pipeline: steps/s through the real loader (memory-mapped embeddings, Parquet instructions) vs the
    same batches held in memory (target >= 90 %);
 3. per fusion (and the U-Net baseline): a short training run in its own process, its peak memory (target
@@ -15,7 +15,6 @@ Needs the demo prepared with instructions (``make demo``, or it runs ``zeus demo
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -25,7 +24,9 @@ import time
 
 import torch
 
-TAG = "image-facts.template.sentence-transformers"
+from shared.instructions import PRESETS
+
+TAG = PRESETS["template"].tag
 
 
 def _setup_demo() -> None:
@@ -134,8 +135,9 @@ def _train_run(model: str, fusion: str, epochs: int, slices: int) -> dict:
 
 def phase_train(args) -> dict:
     from shared.manifest import resolve_dataset
-    from shared.workspace import runs_dir
-    from stage2_segment.train import TrainConfig, train
+    from stage2_segment.config import TrainConfig
+    from stage2_segment.runs import RunFolder
+    from stage2_segment.train import train
 
     config = TrainConfig(
         model=args.model,
@@ -146,12 +148,16 @@ def phase_train(args) -> dict:
         run_name=args.run_name,
         batch_size=4,
     )
-    result = train(resolve_dataset("demo"), config, progress=False)
-    rows = list(csv.DictReader((runs_dir("demo") / args.run_name / "log.csv").open(encoding="utf-8")))
-    best = max(rows, key=lambda r: float(r["val_dice"] or 0))
-    result["dice"] = {k[5:]: best[k] for k in best if k.startswith("dice_")}
-    result["peak_mib"] = _peak_mib()
-    return result
+    trained = train(resolve_dataset("demo"), config, progress=False)
+    rows = RunFolder(trained.run_dir).read_log()
+    best = max(rows, key=lambda r: r["val_dice"] or 0)
+    return {
+        "epochs": trained.epochs,
+        "best_val_dice": trained.best_val_dice,
+        "run_dir": str(trained.run_dir),
+        "dice": {k[5:]: best[k] for k in best if k.startswith("dice_")},
+        "peak_mib": _peak_mib(),
+    }
 
 
 def _peak_mib() -> float:

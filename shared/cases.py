@@ -1,6 +1,6 @@
 """The preprocessed-case cache: each case read, co-registered and normalised once.
 
-Layout, under ``$ZEUS_HOME/preprocessed/<dataset>/<size>px/<case>/``:
+Files, under ``$ZEUS_HOME/preprocessed/<dataset>/<size>px/<case>/``:
 
 - ``image.npz``  ``image``: float16 ``[C, Z, S, S]`` in [0, 1], channels in manifest order (model slices)
 - ``meta.json``  modalities, grids (canonical and original), slice transform, source signature;
@@ -32,14 +32,12 @@ from shared.atomic import write_atomic, write_json
 from shared.errors import DataError, Problem, ZeusError
 from shared.geometry import Geometry, from_array, resample_onto
 from shared.manifest import Dataset
-from shared.preprocess import SliceTransform, normalise
+from shared.preprocess import DEFAULT_IMAGE_SIZE, SliceTransform, normalise
 from shared.readers import CaseSources, open_layout
 from shared.registration import coregister, read_label_on
 from shared.workspace import preprocessed_dir
 
 log = logging.getLogger(__name__)
-
-DEFAULT_IMAGE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -126,6 +124,11 @@ class CaseCache:
 
     def case_dir(self, case_id: str) -> Path:
         return self.folder / case_id
+
+    def prepared_sizes(self) -> list[int]:
+        """The image sizes this dataset has prepared cases at (any case), smallest first."""
+        sizes = (p.parent.parent.name for p in self.folder.parent.glob("*px/*/meta.json"))
+        return sorted({int(name[:-2]) for name in sizes if name[:-2].isdigit()})
 
     def cached_case_ids(self) -> list[str]:
         return sorted(p.parent.name for p in self.folder.glob("*/meta.json"))

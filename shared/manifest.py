@@ -18,7 +18,7 @@ from shared.workspace import slug, zeus_home
 
 MANIFEST_DIR = Path(os.environ.get("ZEUS_MANIFESTS", Path(__file__).resolve().parents[1] / "data_manifests"))
 
-Layout = Literal["msd", "nnunet_v2", "chaos_mr", "chaos_ct"]
+LayoutKind = Literal["msd", "nnunet_v2", "chaos_mr", "chaos_ct"]
 LAYOUTS: tuple[str, ...] = ("msd", "nnunet_v2", "chaos_mr", "chaos_ct")
 
 # Soft-tissue window (W400/L40): the default for a CT channel of a dataset given by path.
@@ -74,7 +74,7 @@ class Modality:
 class Manifest:
     name: str
     title: str
-    layout: Layout
+    layout: LayoutKind
     modalities: tuple[Modality, ...]
     labels: dict[str, int]
     reference_modality: str

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from skimage.transform import resize
 
 from shared.manifest import Normalisation
+
+# The model's square input in pixels (LiteMedSAM's 256): the one default of every image-size option.
+DEFAULT_IMAGE_SIZE = 256
 
 
 def normalise(volume: np.ndarray, normalisation: Normalisation) -> np.ndarray:
@@ -56,12 +58,6 @@ class SliceTransform:
         rh, rw = self.resized
         return _resize(volume[:, :rh, :rw], self.native, is_label=is_label)
 
-    def valid_mask(self) -> np.ndarray:
-        """``[size, size]`` bool: True where the model slice holds image, False on padding."""
-        mask = np.zeros((self.size, self.size), bool)
-        mask[: self.resized[0], : self.resized[1]] = True
-        return mask
-
     def to_json(self) -> dict[str, Any]:
         return {"native": list(self.native), "size": self.size}
 
@@ -76,6 +72,8 @@ class SliceTransform:
 
 
 def _resize(volume: np.ndarray, hw: tuple[int, int], *, is_label: bool) -> np.ndarray:
+    from skimage.transform import resize  # scipy underneath: kept off the CLI's import path
+
     shape = (volume.shape[0], *hw)
     if tuple(volume.shape) == shape:
         return volume.copy()

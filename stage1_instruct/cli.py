@@ -8,12 +8,8 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-PRESETS = {
-    "offline": ("image-facts", "transformers", "sentence-transformers"),
-    "template": ("image-facts", "template", "sentence-transformers"),
-    "transformers": ("transformers", "transformers", "transformers"),
-    "vllm": ("vllm", "vllm", "vllm"),
-}
+from shared.instructions import PRESETS
+from stage1_instruct.config import Stage1Config
 
 
 class _RunByDefault(TyperGroup):
@@ -49,7 +45,7 @@ def run(
     ray_workers: Annotated[int, typer.Option(min=1, help="Ray: concurrent model replicas.")] = 1,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    image_size: Annotated[int, typer.Option(help="Preprocessed slice size (pixels).")] = 256,
+    image_size: Annotated[int, typer.Option(help="Preprocessed slice size (pixels).")] = Stage1Config.image_size,
     tensor_parallel_size: Annotated[int, typer.Option(min=1, help="vLLM.")] = 1,
     data_parallel_size: Annotated[int, typer.Option(min=1, help="vLLM.")] = 1,
     max_num_seqs: Annotated[int, typer.Option(min=1, help="vLLM.")] = 64,
@@ -59,16 +55,16 @@ def run(
     """Describe -> instruct -> embed every slice x modality x target, cached in Parquet; reruns skip cached work."""
     from shared.errors import ZeusError
     from shared.manifest import resolve_dataset
-    from stage1_instruct.config import Stage1Config, VllmOptions
+    from stage1_instruct.config import VllmOptions
     from stage1_instruct.runners import Shard, run_local, run_ray
 
     if backend not in PRESETS:
         raise ZeusError(f"--backend must be one of {list(PRESETS)}, got {backend!r}")
     preset = PRESETS[backend]
     config = Stage1Config(
-        describe=describe or preset[0],
-        instruct=instruct or preset[1],
-        embed=embed or preset[2],
+        describe=describe or preset.describe,
+        instruct=instruct or preset.instruct,
+        embed=embed or preset.embed,
         vlm=vlm,
         llm=llm,
         embedder=embedder,
@@ -93,7 +89,7 @@ def show(
     dataset: DatasetArg,
     case: Annotated[str, typer.Option("--case", help="Case id.")],
     root: RootOpt = None,
-    tag: Annotated[str, typer.Option(help="Store folder.")] = "image-facts.transformers.sentence-transformers",
+    tag: Annotated[str, typer.Option(help="Store folder.")] = PRESETS["offline"].tag,
     slice_index: Annotated[int | None, typer.Option("--slice", help="Only this slice.")] = None,
     target: Annotated[str | None, typer.Option(help="Only this target.")] = None,
     descriptions: Annotated[bool, typer.Option(help="Also print the descriptions.")] = False,
@@ -102,12 +98,11 @@ def show(
     import pyarrow.compute as pc
 
     from shared.errors import ZeusError
+    from shared.instructions import InstructionStore
     from shared.manifest import resolve_dataset
-    from shared.workspace import instructions_dir
-    from stage1_instruct.store import InstructionStore
 
     ds = resolve_dataset(dataset, root)
-    store = InstructionStore(instructions_dir(ds.name) / tag)
+    store = InstructionStore.of(ds.name, tag)
     table = store.read_case(case)
     if table is None:
         raise ZeusError(f"no instructions for case {case!r} in {store.folder}: run `zeus instructions {dataset}`")

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from shared.errors import ZeusError
+from shared.instructions import InstructionStore, store_tag
+from shared.preprocess import DEFAULT_IMAGE_SIZE
 
 DESCRIBE_BACKENDS = ("image-facts", "transformers", "vllm")
 INSTRUCT_BACKENDS = ("transformers", "template", "vllm")
@@ -35,7 +37,7 @@ class Stage1Config:
     max_new_tokens: int = 64
     batch_size: int = 16
     seed: int = 0
-    image_size: int = 256
+    image_size: int = DEFAULT_IMAGE_SIZE
     tag: str | None = None  # the store's folder name; default: describe.instruct.embed
     vllm: VllmOptions = field(default_factory=VllmOptions)
 
@@ -58,7 +60,7 @@ class Stage1Config:
 
     @property
     def store_tag(self) -> str:
-        return self.tag or f"{self.describe}.{self.instruct}.{self.embed}"
+        return self.tag or store_tag(self.describe, self.instruct, self.embed)
 
     def generation_params(self) -> dict[str, Any]:
         """What changes generated text besides models and prompts: part of every request key."""
@@ -70,3 +72,11 @@ class Stage1Config:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Stage1Config:
         return cls(**{**data, "vllm": VllmOptions(**data.get("vllm", {}))})
+
+    @classmethod
+    def from_store(cls, store: InstructionStore) -> Stage1Config:
+        """The configuration that wrote a store (from its Parquet provenance), to rerun it on new scans."""
+        data = store.stage1_config()
+        if data is None:
+            raise ZeusError(f"no instructions in {store.folder}: cannot tell which stage-1 models wrote them")
+        return cls.from_json({**data, "tag": store.tag})

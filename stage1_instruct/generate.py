@@ -22,17 +22,16 @@ import numpy as np
 from cachetools import LRUCache
 
 from shared.cases import PreprocessedCase
+from shared.instructions import UNION, InstructionStore, to_table
 from shared.manifest import Dataset
 from shared.provenance import package_versions
-from shared.schema import UNION
-from stage1_instruct.backends import Models
+from stage1_instruct.backends import Backends
 from stage1_instruct.config import Stage1Config
 from stage1_instruct.describe import DescribeItem, Description, description_text
 from stage1_instruct.describe.image_facts import has_body
 from stage1_instruct.instruct import InstructItem
 from stage1_instruct.knowledge import knowledge_hash
 from stage1_instruct.prompts import Prompts, render
-from stage1_instruct.store import InstructionStore, to_table
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +80,19 @@ class InstructionGenerator:
         self,
         dataset: Dataset,
         config: Stage1Config,
-        models: Models,
+        backends: Backends,
         store: InstructionStore,
         prompts: Prompts | None = None,
         cache_size: int = 100_000,
     ):
-        self.dataset, self.config, self.models, self.store = dataset, config, models, store
+        self.dataset, self.config, self.backends, self.store = dataset, config, backends, store
         self.prompts = prompts or Prompts.load()
         self.fingerprint = {
             "prompts": self.prompts.hash,
             "knowledge": knowledge_hash(),
-            "describe": models.describer.model_id,
-            "instruct": models.instructor.model_id,
-            "embed": models.embedder.model_id,
+            "describe": backends.describer.model_id,
+            "instruct": backends.instructor.model_id,
+            "embed": backends.embedder.model_id,
             "params": config.generation_params(),
         }
         self._descriptions: LRUCache = LRUCache(cache_size)  # describe key -> Description
@@ -151,7 +150,7 @@ class InstructionGenerator:
             existing[r.key] | self._identity(r) if r.key in existing else self._row(r, descriptions, texts, vectors)
             for r in requests
         ]
-        self.store.write_case(case.case_id, to_table(rows, self.models.embedder.dim, self.provenance()))
+        self.store.write_case(case.case_id, to_table(rows, self.backends.embedder.dim, self.provenance()))
         return stats
 
     def _existing_rows(self, case_id: str) -> dict[str, dict[str, Any]]:
@@ -179,7 +178,7 @@ class InstructionGenerator:
         for start in range(0, len(keys), self.config.batch_size):
             batch = keys[start : start + self.config.batch_size]
             for key, description in zip(
-                batch, self.models.describer.describe([pending[k] for k in batch]), strict=True
+                batch, self.backends.describer.describe([pending[k] for k in batch]), strict=True
             ):
                 out[key] = self._descriptions[key] = description
         stats.described += len(keys)
@@ -212,7 +211,7 @@ class InstructionGenerator:
         prompts = list(unique)
         for start in range(0, len(prompts), self.config.batch_size):
             batch = prompts[start : start + self.config.batch_size]
-            generated = self.models.instructor.instruct([unique[p] for p in batch])
+            generated = self.backends.instructor.instruct([unique[p] for p in batch])
             self._instructions.update(zip(batch, generated, strict=True))
         stats.instructed += len(prompts)
         texts.update({key: self._instructions[item.prompt] for key, item in items.items()})
@@ -242,7 +241,7 @@ class InstructionGenerator:
     def _embed(self, texts: Iterable[str], stats: Stats) -> dict[str, np.ndarray]:
         unique = list(dict.fromkeys(t for t in texts if t not in self._vectors))
         if unique:
-            vectors = self.models.embedder.embed(unique)
+            vectors = self.backends.embedder.embed(unique)
             self._vectors.update(zip(unique, vectors, strict=True))
         stats.embedded += len(unique)
         return {t: self._vectors[t] for t in texts}

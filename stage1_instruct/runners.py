@@ -5,26 +5,22 @@ Both runners do the same thing per case (``InstructionGenerator.run_case``) and 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 from tqdm import tqdm
 
 from shared.cases import CaseCache
 from shared.errors import DataError, ZeusError
+from shared.instructions import InstructionStore, RunLogEntry
 from shared.manifest import Dataset
 from shared.readers import open_layout
-from shared.schema import RUN_LOG
-from shared.workspace import instructions_dir
-from stage1_instruct.backends import build_models
+from stage1_instruct.backends import build_backends
 from stage1_instruct.config import Stage1Config
 from stage1_instruct.generate import InstructionGenerator, Stats
-from stage1_instruct.store import InstructionStore
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +50,17 @@ class Shard:
 class RunReport:
     stats: Stats
     seconds: float
-    store: Path
+    store: InstructionStore
 
     def record(self) -> RunReport:
         """Append this run's cost to the store's run log (read by the report)."""
-        entry = {
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        entry = RunLogEntry(
+            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **asdict(self.stats),
-            "model_calls": self.stats.model_calls,
-            "seconds": round(self.seconds, 3),
-        }
-        self.store.mkdir(parents=True, exist_ok=True)
-        with (self.store / RUN_LOG).open("a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
+            seconds=round(self.seconds, 3),
+            model_calls=self.stats.model_calls,
+        )
+        self.store.append_run(entry)
         return self
 
     def summary(self) -> str:
@@ -75,12 +69,13 @@ class RunReport:
         return (
             f"{s.cases} case(s), {s.requests} requests: {s.cached} cached, {s.requests - s.cached} generated "
             f"({s.described} described, {s.instructed} LLM prompts, {s.embedded} texts embedded; "
-            f"{s.no_body} on slices without body) in {self.seconds:.1f} s, {rate:.1f} requests/s -> {self.store}"
+            f"{s.no_body} on slices without body) in {self.seconds:.1f} s, {rate:.1f} requests/s -> {self.store.folder}"
         )
 
 
-def store_for(dataset: Dataset, config: Stage1Config) -> InstructionStore:
-    return InstructionStore(instructions_dir(dataset.name) / config.store_tag)
+def instruction_store(dataset: Dataset, config: Stage1Config) -> InstructionStore:
+    """Where a stage-1 configuration writes a dataset's instructions."""
+    return InstructionStore.of(dataset.name, config.store_tag)
 
 
 def plan_cases(dataset: Dataset, case_ids: list[str] | None, shard: Shard) -> list[str]:
@@ -111,14 +106,14 @@ def run_local(
     ids = plan_cases(dataset, case_ids, shard)
     cache = prepare_images(dataset, config, ids, progress)
     stats = instruct_cases(dataset, config, cache, ids, progress)
-    return RunReport(stats, time.perf_counter() - start, store_for(dataset, config).folder).record()
+    return RunReport(stats, time.perf_counter() - start, instruction_store(dataset, config)).record()
 
 
 def instruct_cases(
     dataset: Dataset, config: Stage1Config, cache: CaseCache, case_ids: list[str], progress: bool = True
 ) -> Stats:
     """Stage 1 on prepared cases: the dataset's own, or new scans (``CaseCache.prepare_sources``)."""
-    generator = InstructionGenerator(dataset, config, build_models(config), store_for(dataset, config))
+    generator = InstructionGenerator(dataset, config, build_backends(config), instruction_store(dataset, config))
     stats = Stats()
     with tqdm(case_ids, desc=f"instructions {dataset.name}", unit="case", disable=not progress) as bar:
         for case_id in bar:
@@ -127,20 +122,14 @@ def instruct_cases(
     return stats
 
 
-def store_config(folder: Path) -> Stage1Config:
-    """The stage-1 configuration that wrote a store (from its Parquet provenance): rerun it on new scans."""
-    store = InstructionStore(folder)
-    if not store.case_ids():
-        raise ZeusError(f"no instructions in {folder}: cannot tell which stage-1 models wrote them")
-    return Stage1Config.from_json(store.provenance(store.case_ids()[0])["config"])
-
-
 class _CaseWorker:
     """A Ray Data actor: loads the models once, then runs whole cases (one shard each)."""
 
     def __init__(self, dataset: Dataset, config: Stage1Config):
         self.cache = CaseCache(dataset, config.image_size)
-        self.generator = InstructionGenerator(dataset, config, build_models(config), store_for(dataset, config))
+        self.generator = InstructionGenerator(
+            dataset, config, build_backends(config), instruction_store(dataset, config)
+        )
 
     def __call__(self, batch: dict) -> dict:
         results = [self.generator.run_case(self.cache.load(str(c), with_label=False)) for c in batch["case_id"]]
@@ -179,4 +168,4 @@ def run_ray(
     stats = Stats()
     for row in results:
         stats += Stats(**{name: int(row[name]) for name in Stats.__dataclass_fields__})
-    return RunReport(stats, time.perf_counter() - start, store_for(dataset, config).folder).record()
+    return RunReport(stats, time.perf_counter() - start, instruction_store(dataset, config)).record()

@@ -1,4 +1,4 @@
-"""``zeus train``: train the Zeus segmenter on a dataset's cached instructions."""
+"""``zeus train`` and ``zeus evaluate``: stage 2's commands (the ``zeus`` root in ``zeus.cli`` mounts them)."""
 
 from __future__ import annotations
 
@@ -7,29 +7,36 @@ from typing import Annotated
 
 import typer
 
+from stage2_segment.config import TrainConfig
+
 
 def train(
     dataset: Annotated[str, typer.Argument(help="Built-in manifest name, manifest .json, or dataset folder.")] = "demo",
     root: Annotated[Path | None, typer.Option("--root", help="Folder holding the dataset.")] = None,
-    model: Annotated[str, typer.Option(help="zeus, or unet (a 2-D U-Net from scratch: the baseline).")] = "zeus",
-    fusion: Annotated[str, typer.Option(help="early, hybrid or late.")] = "late",
-    encoder: Annotated[str, typer.Option(help="Frozen image encoder: litemedsam, or sam-vit-b.")] = "litemedsam",
+    model: Annotated[str, typer.Option(help="zeus, or unet (a 2-D U-Net from scratch).")] = TrainConfig.model,
+    fusion: Annotated[str, typer.Option(help="early, hybrid or late.")] = TrainConfig.fusion,
+    encoder: Annotated[str, typer.Option(help="Frozen image encoder: litemedsam, or sam-vit-b.")] = TrainConfig.encoder,
     encoder_checkpoint: Annotated[
         Path | None, typer.Option(help="SAM / MedSAM ViT-B checkpoint (.pth) for --encoder sam-vit-b.")
     ] = None,
     text: Annotated[
         str, typer.Option(help="instructions, template (no-LLM instructions) or none (class tokens).")
-    ] = "instructions",
+    ] = TrainConfig.text,
     instructions_tag: Annotated[str | None, typer.Option(help="Stage-1 store folder (default from --text).")] = None,
-    fold: Annotated[int, typer.Option(min=0)] = 0,
-    epochs: Annotated[int, typer.Option(min=1)] = 10,
-    batch_size: Annotated[int, typer.Option(min=1)] = 4,
-    lr: Annotated[float, typer.Option()] = 3e-4,
-    warmup_steps: Annotated[int, typer.Option(min=0, help="Linear learning-rate warm-up, in steps.")] = 10,
-    seed: int = 0,
+    fold: Annotated[int, typer.Option(min=0)] = TrainConfig.fold,
+    epochs: Annotated[int, typer.Option(min=1)] = TrainConfig.epochs,
+    batch_size: Annotated[int, typer.Option(min=1)] = TrainConfig.batch_size,
+    lr: Annotated[float, typer.Option()] = TrainConfig.lr,
+    warmup_steps: Annotated[
+        int, typer.Option(min=0, help="Linear learning-rate warm-up, in steps.")
+    ] = TrainConfig.warmup_steps,
+    seed: int = TrainConfig.seed,
     slices_per_epoch: Annotated[int | None, typer.Option(help="Sample this many training slices per epoch.")] = None,
     early_stopping: Annotated[int | None, typer.Option(help="Patience in epochs (validation Dice).")] = None,
-    num_workers: Annotated[int, typer.Option(min=0, help="Data-loader processes.")] = 0,
+    num_workers: Annotated[int, typer.Option(min=0, help="Data-loader processes.")] = TrainConfig.num_workers,
+    image_size: Annotated[
+        int, typer.Option(help="Model slice size (pixels): the size the dataset was prepared at.")
+    ] = TrainConfig.image_size,
     run_name: Annotated[str | None, typer.Option(help="Run folder name (default: fusion__text__fold).")] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue the run from its last checkpoint (start it if it has none).")
@@ -37,7 +44,6 @@ def train(
 ) -> None:
     """Train on cached image and instruction embeddings (the LLM is never loaded). Under torchrun: DDP."""
     from shared.manifest import resolve_dataset
-    from stage2_segment.train import TrainConfig
     from stage2_segment.train import train as run
 
     config = TrainConfig(
@@ -56,11 +62,11 @@ def train(
         slices_per_epoch=slices_per_epoch,
         early_stopping=early_stopping,
         num_workers=num_workers,
+        image_size=image_size,
         run_name=run_name,
     )
     result = run(resolve_dataset(dataset, root), config, resume=resume)
-    best = result["best_val_dice"]
-    typer.echo(f"trained {result['epochs']} epoch(s); best validation Dice {best:.4f} -> {result['run_dir']}")
+    typer.echo(f"trained {result.epochs} epoch(s); best validation Dice {result.best_val_dice:.4f} -> {result.run_dir}")
 
 
 def evaluate(
@@ -79,7 +85,8 @@ def evaluate(
     """Dice, IoU and HD95 (mm) per case x class in the original geometry, and per 2-D slice: CSV + summary JSON."""
     from shared.errors import ZeusError
     from shared.manifest import resolve_manifest
-    from stage2_segment.evaluate import evaluate_files, evaluate_run, evaluation_dir, format_summary
+    from stage2_segment.evaluate import evaluate_files, evaluate_run, format_summary
+    from stage2_segment.runs import RunFolder
 
     if run is not None and (pred or gt):
         raise ZeusError("give either --run, or --pred with --gt, not both")
@@ -87,7 +94,7 @@ def evaluate(
         if out is not None:
             raise ZeusError("--out is for --pred/--gt; a run's evaluation goes to <run>/evaluation/<split>")
         summary = evaluate_run(run, split=split, root=root)
-        folder = evaluation_dir(run, split)
+        folder = RunFolder(run).evaluation(split).path
     elif pred is not None and gt is not None:
         targets = resolve_manifest(dataset).targets if dataset else None
         folder = out or (pred if pred.is_dir() else pred.parent) / "evaluation"
@@ -95,32 +102,4 @@ def evaluate(
     else:
         raise ZeusError("nothing to evaluate: pass --run RUN, or --pred P --gt G")
     typer.echo(format_summary(summary))
-    typer.echo(f"{summary['cases']} case(s) -> {folder}/cases.csv, slices.csv, summary.json")
-
-
-def report(
-    dataset: Annotated[list[str] | None, typer.Argument(help="Datasets to report (default: all with runs).")] = None,
-    out: Annotated[Path, typer.Option(help="Reports folder: <out>/<dataset>/report.{md,html}.")] = Path("reports"),
-    screenshot: Annotated[bool, typer.Option(help="Also render report.png in headless chromium.")] = False,
-    evaluate_first: Annotated[
-        bool,
-        typer.Option(
-            "--evaluate/--no-evaluate", help="First evaluate runs with no test evaluation, or one older than best.pt."
-        ),
-    ] = False,
-) -> None:
-    """Results tables, ablations, costs, training curves, overlays and provenance: Markdown + one HTML file."""
-    from stage2_segment.evaluate import evaluate_run, pending_runs
-    from stage2_segment.report.browser import screenshot as take_screenshot
-    from stage2_segment.report.build import build_reports
-    from stage2_segment.report.collect import datasets_with_runs
-
-    if evaluate_first:
-        for run in [run for name in dataset or datasets_with_runs() for run in pending_runs(name)]:
-            typer.echo(f"evaluating {run}")
-            evaluate_run(run)
-    for html in build_reports(dataset, out):
-        typer.echo(f"report: {html.with_suffix('.md')}")
-        typer.echo(f"report: {html}")
-        if screenshot:
-            typer.echo(f"screenshot: {take_screenshot(html, html.with_name('report.png'))}")
+    typer.echo(f"{summary.cases} case(s) -> {folder}/cases.csv, slices.csv, summary.json")

@@ -7,7 +7,8 @@ What crosses into the model (per sample):
 - ``text``: float32 ``[M + 1, T, D]``: instruction embeddings per modality (rows 0..M-1, manifest order) and the
   union row (M), per target (manifest order); absent for ``--text none``;
 - ``label``: int64 ``[S, S]`` class indices, 0 = background, t + 1 = the t-th target of the manifest (absent
-  with ``with_labels=False``: new scans to predict).
+  with ``with_labels=False``: new scans to predict);
+- ``index``: int64 scalar, the sample's position in ``SliceDataset.index`` (``case_of`` names its case).
 
 Slices where a target is absent are kept: they teach empty masks.
 """
@@ -54,6 +55,9 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def case_of(self, i: int) -> str:
+        return self.index[i][0]
+
     @lru_cache(maxsize=8)  # noqa: B019 - a few whole cases; the dataset lives as long as its loader
     def _label(self, case_id: str) -> torch.Tensor:
         return self.lut[torch.from_numpy(self.cases.label(case_id).astype(np.int64))]
@@ -68,7 +72,7 @@ class SliceDataset(Dataset):
             inputs = np.asarray(self.features.load(case_id)[z], dtype=np.float32)
         else:
             inputs = self._image(case_id)[:, z]
-        sample = {"inputs": torch.from_numpy(np.ascontiguousarray(inputs))}
+        sample = {"inputs": torch.from_numpy(np.ascontiguousarray(inputs)), "index": torch.tensor(i)}
         if self.with_labels:
             sample["label"] = self._label(case_id)[z]
         if self.instructions is not None:

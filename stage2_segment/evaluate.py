@@ -1,6 +1,6 @@
 """Evaluation: label maps scored against ground truth in the original geometry, in 3-D and per 2-D slice.
 
-Two entry points write the same evaluation folder:
+Two entry points write the same evaluation folder (``stage2_segment.runs.EvaluationFolder``):
 
 - ``evaluate_run``: a run's test split (or validation fold): predict each case, write the prediction NIfTI on
   the original reference grid (``predictions/``), score it against the ground truth read from the dataset;
@@ -32,7 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from shared.atomic import write_atomic, write_json
+from shared.atomic import write_atomic
 from shared.cases import CaseCache
 from shared.errors import DataError, Problem, ZeusError
 from shared.geometry import Geometry, to_array
@@ -41,7 +41,15 @@ from shared.readers.base import IMAGE_ENDINGS, check_label_values, image_stem, r
 from shared.splits import load_splits
 from stage2_segment import metrics
 from stage2_segment.predict import Predictor
-from stage2_segment.train import run_folders
+from stage2_segment.runs import (
+    BEST,
+    ClassSummary,
+    EvaluationFolder,
+    EvaluationSource,
+    EvaluationSummary,
+    MetricStats,
+    RunFolder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,43 +90,45 @@ def _row(scores: metrics.Scores) -> dict[str, Any]:
 
 
 def summarise(
-    case_rows: list[dict[str, Any]], slice_rows: list[dict[str, Any]], targets: dict[str, int]
-) -> dict[str, Any]:
+    case_rows: list[dict[str, Any]], slice_rows: list[dict[str, Any]], targets: dict[str, int], source: EvaluationSource
+) -> EvaluationSummary:
     classes = {}
     for name in targets:
         per_case = [r for r in case_rows if r["class"] == name]
         per_slice = [r for r in slice_rows if r["class"] == name]
-        classes[name] = {
-            "volume": {m: _stats([r[m] for r in per_case]) for m in METRICS},
-            "slice": {m: _stats([r[m] for r in per_slice]) for m in METRICS},
-            "empty_cases": sum(1 for r in per_case if r["true_voxels"] == 0 and r["predicted_voxels"] == 0),
-        }
+        classes[name] = ClassSummary(
+            volume={m: _stats([r[m] for r in per_case]) for m in METRICS},
+            slice={m: _stats([r[m] for r in per_slice]) for m in METRICS},
+            empty_cases=sum(1 for r in per_case if r["true_voxels"] == 0 and r["predicted_voxels"] == 0),
+        )
 
     def foreground(level: str, metric: str) -> float | None:
-        means = [c[level][metric]["mean"] for c in classes.values() if c[level][metric]["mean"] is not None]
-        return float(np.mean(means)) if means else None
+        means = [getattr(c, level)[metric].mean for c in classes.values()]
+        defined = [m for m in means if m is not None]
+        return float(np.mean(defined)) if defined else None
 
-    return {
-        "cases": len({r["case"] for r in case_rows}),
-        "classes": classes,
-        "foreground_mean": {level: {m: foreground(level, m) for m in METRICS} for level in ("volume", "slice")},
-        "definitions": (metrics.__doc__ or "").strip(),
-    }
+    return EvaluationSummary(
+        cases=len({r["case"] for r in case_rows}),
+        classes=classes,
+        foreground_mean={level: {m: foreground(level, m) for m in METRICS} for level in ("volume", "slice")},
+        definitions=(metrics.__doc__ or "").strip(),
+        source=source,
+    )
 
 
-def _stats(values: Iterable[float]) -> dict[str, float | int | None]:
+def _stats(values: Iterable[float]) -> MetricStats:
     finite = np.asarray([v for v in values if v is not None and np.isfinite(v)], np.float64)
     if finite.size == 0:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(finite.mean()), "std": float(finite.std()), "n": int(finite.size)}
+        return MetricStats(None, None, 0)
+    return MetricStats(float(finite.mean()), float(finite.std()), int(finite.size))
 
 
 def write_evaluation(
-    folder: Path, case_rows: list[dict], slice_rows: list[dict], summary: dict[str, Any]
-) -> dict[str, Any]:
-    write_atomic(folder / "cases.csv", lambda tmp: tmp.write_text(_csv(case_rows), encoding="utf-8"))
-    write_atomic(folder / "slices.csv", lambda tmp: tmp.write_text(_csv(slice_rows), encoding="utf-8"))
-    write_json(folder / "summary.json", summary)
+    folder: EvaluationFolder, case_rows: list[dict], slice_rows: list[dict], summary: EvaluationSummary
+) -> EvaluationSummary:
+    write_atomic(folder.cases_csv, lambda tmp: tmp.write_text(_csv(case_rows), encoding="utf-8"))
+    write_atomic(folder.slices_csv, lambda tmp: tmp.write_text(_csv(slice_rows), encoding="utf-8"))
+    folder.write_summary(summary)
     return summary
 
 
@@ -136,7 +146,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 def evaluate_files(
     predictions: Path, ground_truth: Path, out: Path, targets: dict[str, int] | None = None
-) -> dict[str, Any]:
+) -> EvaluationSummary:
     """Score prediction files against ground-truth files (two files, or two folders matched by file name)."""
     pairs = match_files(predictions, ground_truth)
     targets = targets or _targets_in(gt for _, _, gt in pairs)
@@ -147,9 +157,10 @@ def evaluate_files(
         rows, slices = score_case(case_id, pred, gt, targets, (pred_path, gt_path))
         case_rows += rows
         slice_rows += slices
-    summary = summarise(case_rows, slice_rows, targets)
-    summary["source"] = {"predictions": str(predictions.resolve()), "ground_truth": str(ground_truth.resolve())}
-    return write_evaluation(out, case_rows, slice_rows, summary)
+    source = EvaluationSource(predictions=str(predictions.resolve()), ground_truth=str(ground_truth.resolve()))
+    return write_evaluation(
+        EvaluationFolder(out), case_rows, slice_rows, summarise(case_rows, slice_rows, targets, source)
+    )
 
 
 def match_files(predictions: Path, ground_truth: Path) -> list[tuple[str, Path, Path]]:
@@ -186,14 +197,9 @@ def _targets_in(paths: Iterable[Path]) -> dict[str, int]:
 # -- a run's held-out cases ---------------------------------------------------------------------------------
 
 
-def evaluation_dir(run_dir: Path, split: str = "test") -> Path:
-    """Where a run's evaluation of a split lives: predictions/, model_slices/, cases.csv, slices.csv, summary.json."""
-    return run_dir / "evaluation" / split
-
-
 def evaluate_run(
     run_dir: Path, *, split: str = "test", root: Path | None = None, progress: bool = True
-) -> dict[str, Any]:
+) -> EvaluationSummary:
     """Predict and score a run's test cases (``split="test"``) or its validation fold (``"val"``)."""
     predictor = Predictor.from_run(run_dir, root=root)
     dataset, config = predictor.dataset, predictor.config
@@ -204,7 +210,7 @@ def evaluate_run(
         raise DataError(prepared.problems)
     features, instructions = predictor.features(cases), predictor.instructions(dataset)
     targets = dataset.manifest.targets
-    folder = evaluation_dir(run_dir, split)
+    folder = RunFolder(run_dir).evaluation(split)
     layout = open_layout(dataset)
     case_rows: list[dict] = []
     slice_rows: list[dict] = []
@@ -213,22 +219,21 @@ def evaluate_run(
         start = time.perf_counter()
         probabilities = predictor.predict_case(case_id, cases, features, instructions)
         meta = cases.meta(case_id)
-        (pred_path,) = predictor.write(meta, probabilities, folder / "predictions")
+        (pred_path,) = predictor.write(meta, probabilities, folder.predictions)
         timings.append(time.perf_counter() - start)
-        _save_model_slices(folder / "model_slices" / f"{case_id}.npz", predictor.label_map(probabilities))
+        _save_model_slices(folder.model_slices(case_id), predictor.label_map(probabilities))
         truth = _ground_truth(layout, case_id, dataset.manifest.reference_modality)
         rows, slices = score_case(case_id, read_image_file(pred_path, case_id), truth, targets, None)
         case_rows += rows
         slice_rows += slices
-    summary = summarise(case_rows, slice_rows, targets)
-    summary["source"] = {
-        "run": str(run_dir.resolve()),
-        "split": split,
-        "case_ids": case_ids,
-        "checkpoint": "best.pt",
-        "predict_seconds_per_case": float(np.mean(timings)),
-    }
-    return write_evaluation(folder, case_rows, slice_rows, summary)
+    source = EvaluationSource(
+        run=str(run_dir.resolve()),
+        split=split,
+        case_ids=case_ids,
+        checkpoint=BEST,
+        predict_seconds_per_case=float(np.mean(timings)),
+    )
+    return write_evaluation(folder, case_rows, slice_rows, summarise(case_rows, slice_rows, targets, source))
 
 
 def _split_cases(dataset: str, split: str, fold: int) -> list[str]:
@@ -263,35 +268,25 @@ def _save_model_slices(path: Path, labels: np.ndarray) -> None:
     write_atomic(path, save)
 
 
-def format_stats(stats: dict[str, Any], digits: int) -> str:
+def format_stats(stats: MetricStats, digits: int) -> str:
     """``mean ± std`` of one summary entry, or ``n/a`` where no case defined it."""
-    return "n/a" if stats["mean"] is None else f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+    return "n/a" if stats.mean is None else f"{stats.mean:.{digits}f} ± {stats.std:.{digits}f}"
 
 
 def format_number(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def format_summary(summary: dict[str, Any]) -> str:
+def format_summary(summary: EvaluationSummary) -> str:
     """A plain-text table: per class mean ± std of Dice, IoU and HD95 (3-D), and the foreground mean."""
     lines = [f"{'class':20s} {'Dice':>17s} {'IoU':>17s} {'HD95 (mm)':>17s} {'empty':>5s}"]
-    for name, c in summary["classes"].items():
-        v = c["volume"]
+    for name, c in summary.classes.items():
+        v = c.volume
         lines.append(
             f"{name:20s} {format_stats(v['dice'], 3):>17s} {format_stats(v['iou'], 3):>17s} "
-            f"{format_stats(v['hd95'], 1):>17s} {c['empty_cases']:>5d}"
+            f"{format_stats(v['hd95'], 1):>17s} {c.empty_cases:>5d}"
         )
-    fg = summary["foreground_mean"]["volume"]
+    fg = summary.foreground_mean["volume"]
     means = [format_number(fg[m], 3) for m in METRICS]
     lines.append(f"{'foreground mean':20s} {means[0]:>17s} {means[1]:>17s} {means[2]:>17s}")
     return "\n".join(lines)
-
-
-def pending_runs(dataset: str, split: str = "test") -> list[Path]:
-    """Finished runs of a dataset whose evaluation is missing or older than their best checkpoint."""
-    pending = []
-    for run in run_folders(dataset):
-        best, summary = run / "checkpoints" / "best.pt", evaluation_dir(run, split) / "summary.json"
-        if best.is_file() and (not summary.is_file() or summary.stat().st_mtime < best.stat().st_mtime):
-            pending.append(run)
-    return pending

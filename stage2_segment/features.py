@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from shared.atomic import write_atomic, write_json
 from shared.cases import CaseCache
 from shared.workspace import features_dir
+from stage2_segment.config import TrainConfig
 from stage2_segment.modeling.encoders import FrozenImageEncoder
 
 log = logging.getLogger(__name__)
@@ -95,3 +97,34 @@ class FeatureCache:
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with open(path, "wb") as f:
         np.save(f, array)
+
+
+def feature_cache(config: TrainConfig, cases: CaseCache, device: torch.device) -> FeatureCache:
+    """The image-embedding cache of a run's frozen encoder (early fusion: modalities stacked as channels)."""
+    early = config.fusion == "early"
+    checkpoint = Path(config.encoder_checkpoint) if config.encoder_checkpoint else None
+    channels = len(cases.dataset.manifest.modalities) if early else None
+    encoder = FrozenImageEncoder.build(config.encoder, checkpoint, early_channels=channels)
+    return FeatureCache(cases, encoder, early=early, device=str(device))
+
+
+@dataclass(frozen=True)
+class EncoderCost:
+    """What one encoder's cache of a dataset cost to compute (from the sidecars)."""
+
+    folder: str  # the cache folder's name: encoder, early-fusion channels, image size
+    cases: int
+    images: int  # slices x modalities (slices for early fusion)
+    seconds: float
+
+
+def encoder_costs(dataset: str) -> list[EncoderCost]:
+    """Every image-embedding cache of a dataset with timed entries, in folder-name order."""
+    costs = []
+    for folder in sorted(p for p in features_dir(dataset).glob("*") if p.is_dir()):
+        sidecars = [json.loads(p.read_text(encoding="utf-8")) for p in folder.glob("*.json")]
+        timed = [s for s in sidecars if "images" in s]
+        if timed:
+            images, seconds = sum(s["images"] for s in timed), sum(s["seconds"] for s in timed)
+            costs.append(EncoderCost(folder.name, len(timed), images, seconds))
+    return costs

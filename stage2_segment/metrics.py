@@ -63,7 +63,7 @@ def extent_diagonal(shape: tuple[int, ...], spacing: tuple[float, ...]) -> float
 
 
 class VolumeOverlap:
-    """Accumulates, per case and class, intersection and the two volumes; Dice/IoU per case and class.
+    """Accumulates, per case and class, intersection and the two volumes; Dice per case and class.
 
     Used for validation during training, on model slices; a class absent from both prediction and ground
     truth of a case has undefined Dice (NaN), as above.
@@ -85,10 +85,6 @@ class VolumeOverlap:
         """case -> float[T] Dice (NaN where both are empty)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             return {c: 2 * v[:, 0] / (v[:, 1] + v[:, 2]) for c, v in self.counts.items()}
-
-    def iou(self) -> dict[str, np.ndarray]:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return {c: v[:, 0] / (v[:, 1] + v[:, 2] - v[:, 0]) for c, v in self.counts.items()}
 
     def mean_dice_per_class(self) -> np.ndarray:
         values = np.stack(list(self.dice().values())) if self.counts else np.full((1, self.num_targets), np.nan)

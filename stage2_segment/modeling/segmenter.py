@@ -24,11 +24,10 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from stage2_segment.config import FUSIONS
 from stage2_segment.modeling.decoder import build_mask_decoder, build_prompt_encoder
 from stage2_segment.modeling.fusion import EmbeddingFusion, LogitFusion
 from stage2_segment.modeling.text_prompt import TextPromptProjector
-
-FUSIONS = ("early", "hybrid", "late")
 
 
 @dataclass(frozen=True)

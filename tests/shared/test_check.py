@@ -157,7 +157,7 @@ def test_cli_lists_problems_and_exits_non_zero_without_traceback(tmp_path):
     (folder / "imagesTr" / "tiny_001_0002.nii.gz").unlink()
     (folder / "labelsTr" / "tiny_002.nii.gz").write_bytes(b"\x1f\x8b garbage")
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "data", "check", str(folder)], capture_output=True, encoding="utf-8"
+        [sys.executable, "-m", "zeus.cli", "data", "check", str(folder)], capture_output=True, encoding="utf-8"
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

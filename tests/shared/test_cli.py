@@ -7,8 +7,8 @@ import json
 import numpy as np
 from typer.testing import CliRunner
 
-from shared.cli import app
 from shared.demo import _ORGANS
+from zeus.cli import app
 
 runner = CliRunner()
 

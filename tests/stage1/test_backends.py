@@ -8,10 +8,11 @@ import pytest
 from shared.cases import CaseCache
 from stage1_instruct.describe import DescribeItem, description_text, parse_description
 from stage1_instruct.describe.image_facts import ImageFactsDescriber, has_body
-from stage1_instruct.embed import SentenceTransformersEmbedder, TransformersEmbedder
+from stage1_instruct.embed.sentence_transformers_backend import SentenceTransformersEmbedder
+from stage1_instruct.embed.transformers_backend import TransformersEmbedder
 from stage1_instruct.instruct import InstructItem, clean_instruction
 from stage1_instruct.instruct.template import TemplateInstructor
-from stage1_instruct.instruct.transformers_llm import TransformersInstructor
+from stage1_instruct.instruct.transformers_backend import TransformersInstructor
 from stage1_instruct.prompts import Prompts, render
 
 TARGETS = ("liver", "spleen", "right kidney", "left kidney")

@@ -9,12 +9,12 @@ import pytest
 
 from shared.cases import CaseCache, CaseMeta, PreprocessedCase
 from shared.geometry import Geometry
+from shared.instructions import embeddings
 from shared.preprocess import SliceTransform
-from shared.schema import embeddings
-from stage1_instruct.backends import build_models
+from stage1_instruct.backends import build_backends
 from stage1_instruct.config import Stage1Config
 from stage1_instruct.generate import InstructionGenerator
-from stage1_instruct.runners import Shard, run_local, store_for
+from stage1_instruct.runners import Shard, instruction_store, run_local
 
 TEMPLATE = Stage1Config(instruct="template", image_size=64)
 
@@ -40,7 +40,7 @@ class Counting:
 
 
 def _counting_models(config, describe_fail_after=None):
-    models = build_models(config)
+    models = build_backends(config)
     describer = Counting(models.describer, "describe", describe_fail_after)
     instructor = Counting(models.instructor, "instruct")
     embedder = Counting(models.embedder, "embed")
@@ -53,13 +53,15 @@ def _run(dataset, config=TEMPLATE, models=None, case_ids=None):
     cache = CaseCache(dataset, config.image_size)
     ids = case_ids or ["demo_001", "demo_002"]
     cache.prepare(ids, with_labels=False, progress=False)
-    generator = InstructionGenerator(dataset, config, models or build_models(config), store_for(dataset, config))
+    generator = InstructionGenerator(
+        dataset, config, models or build_backends(config), instruction_store(dataset, config)
+    )
     return [generator.run_case(cache.load(c, with_label=False)) for c in ids]
 
 
 def test_rows_cover_every_slice_modality_target_and_union(tiny_dataset):
     report = run_local(tiny_dataset, TEMPLATE, progress=False)
-    table = store_for(tiny_dataset, TEMPLATE).read()
+    table = instruction_store(tiny_dataset, TEMPLATE).read()
     assert report.stats.requests == len(table) == 2 * 4 * (3 * 4 + 4)
     rows = table.to_pylist()
     union = [r for r in rows if r["modality"] == "union"]
@@ -84,7 +86,7 @@ def test_rows_cover_every_slice_modality_target_and_union(tiny_dataset):
 
 def test_warm_rerun_makes_no_model_call_and_rewrites_nothing(tiny_dataset):
     run_local(tiny_dataset, TEMPLATE, progress=False)
-    store = store_for(tiny_dataset, TEMPLATE)
+    store = instruction_store(tiny_dataset, TEMPLATE)
     mtimes = {c: store.shard(c).stat().st_mtime_ns for c in store.case_ids()}
     models = _counting_models(TEMPLATE)
     stats = _run(tiny_dataset, models=models)
@@ -99,7 +101,7 @@ def test_resume_after_a_kill_generates_only_the_missing_case(tiny_dataset):
     killed = _counting_models(config, describe_fail_after=1)
     with pytest.raises(KeyboardInterrupt):
         _run(tiny_dataset, config, killed)
-    store = store_for(tiny_dataset, config)
+    store = instruction_store(tiny_dataset, config)
     assert store.case_ids() == ["demo_001"]
     first = store.read_case("demo_001")
     models = _counting_models(config)
@@ -122,7 +124,7 @@ def test_identical_inputs_are_generated_once(tiny_dataset):
     assert stats[1].instructed == 0 and stats[1].embedded == 0
     # and within a case, identical LLM prompts are sent once: fewer prompts than requests
     assert 0 < stats[0].instructed < stats[0].requests
-    store = store_for(tiny_dataset, TEMPLATE)
+    store = instruction_store(tiny_dataset, TEMPLATE)
     a, b = store.read_case("demo_001"), store.read_case("demo_003")
     assert a.column("instruction").equals(b.column("instruction"))
     assert set(b.column("case_id").to_pylist()) == {"demo_003"}
@@ -130,10 +132,10 @@ def test_identical_inputs_are_generated_once(tiny_dataset):
 
 def test_same_inputs_give_identical_texts_and_embeddings(tiny_dataset, zeus_home, monkeypatch, tmp_path):
     run_local(tiny_dataset, TEMPLATE, progress=False)
-    first = store_for(tiny_dataset, TEMPLATE).read()
+    first = instruction_store(tiny_dataset, TEMPLATE).read()
     monkeypatch.setenv("ZEUS_HOME", str(tmp_path / "other_home"))
     run_local(tiny_dataset, TEMPLATE, progress=False)
-    second = store_for(tiny_dataset, TEMPLATE).read()
+    second = instruction_store(tiny_dataset, TEMPLATE).read()
     assert first.column("instruction").equals(second.column("instruction"))
     assert first.column("request_key").equals(second.column("request_key"))
     np.testing.assert_array_equal(embeddings(first), embeddings(second))
@@ -141,11 +143,11 @@ def test_same_inputs_give_identical_texts_and_embeddings(tiny_dataset, zeus_home
 
 def test_stage1_never_needs_labels(tiny_dataset, monkeypatch, tmp_path):
     run_local(tiny_dataset, TEMPLATE, progress=False)
-    with_labels = store_for(tiny_dataset, TEMPLATE).read()
+    with_labels = instruction_store(tiny_dataset, TEMPLATE).read()
     shutil.rmtree(tiny_dataset.root / "labelsTr")
     monkeypatch.setenv("ZEUS_HOME", str(tmp_path / "fresh_home"))
     run_local(tiny_dataset, TEMPLATE, progress=False)
-    without = store_for(tiny_dataset, TEMPLATE).read()
+    without = instruction_store(tiny_dataset, TEMPLATE).read()
     assert with_labels.column("instruction").equals(without.column("instruction"))
     np.testing.assert_array_equal(embeddings(with_labels), embeddings(without))
 
@@ -153,7 +155,7 @@ def test_stage1_never_needs_labels(tiny_dataset, monkeypatch, tmp_path):
 def test_slices_without_body_get_a_fixed_text_and_no_model_call(tiny_dataset):
     config = TEMPLATE
     models = _counting_models(config)
-    generator = InstructionGenerator(tiny_dataset, config, models, store_for(tiny_dataset, config))
+    generator = InstructionGenerator(tiny_dataset, config, models, instruction_store(tiny_dataset, config))
     image = np.zeros((3, 2, 64, 64), np.float32)
     image[:, 1, 10:50, 10:50] = 0.6  # slice 1 has a body, slice 0 is empty
     grid = Geometry((64, 64, 2), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
@@ -162,7 +164,7 @@ def test_slices_without_body_get_a_fixed_text_and_no_model_call(tiny_dataset):
     )
     stats = generator.run_case(PreprocessedCase(meta, image, None))
     assert stats.no_body == 16 and models.describer.inputs == 12
-    rows = store_for(tiny_dataset, config).read_case("blank").to_pylist()
+    rows = instruction_store(tiny_dataset, config).read_case("blank").to_pylist()
     empty = [r for r in rows if r["slice_index"] == 0]
     assert all(not r["has_body"] for r in empty)
     assert {r["instruction"] for r in empty if r["target"] == "liver"} == {
@@ -175,7 +177,7 @@ def test_shards_split_the_cases_and_together_equal_the_full_run(tiny_dataset, mo
     first = run_local(tiny_dataset, TEMPLATE, shard=Shard(0, 2), progress=False)
     second = run_local(tiny_dataset, TEMPLATE, shard=Shard(1, 2), progress=False)
     assert first.stats.cases == second.stats.cases == 1
-    sharded = store_for(tiny_dataset, TEMPLATE).read()
+    sharded = instruction_store(tiny_dataset, TEMPLATE).read()
     monkeypatch.setenv("ZEUS_HOME", str(tmp_path / "whole"))
     run_local(tiny_dataset, TEMPLATE, progress=False)
-    assert store_for(tiny_dataset, TEMPLATE).read().column("request_key").equals(sharded.column("request_key"))
+    assert instruction_store(tiny_dataset, TEMPLATE).read().column("request_key").equals(sharded.column("request_key"))

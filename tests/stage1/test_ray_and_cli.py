@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from shared.cli import app
-from shared.schema import embeddings
+from shared.instructions import PRESETS, embeddings
 from stage1_instruct.config import Stage1Config
-from stage1_instruct.runners import run_local, run_ray, store_for
+from stage1_instruct.runners import instruction_store, run_local, run_ray
+from zeus.cli import app
 
 TEMPLATE = Stage1Config(instruct="template", image_size=64)
 
@@ -18,10 +18,10 @@ def test_ray_runner_writes_the_same_rows_as_the_local_runner(tiny_dataset, monke
     report = run_ray(tiny_dataset, TEMPLATE, workers=2, progress=False)
     ray.shutdown()
     assert report.stats.cases == 2 and report.stats.requests == 128 and report.stats.cached == 0
-    on_ray = store_for(tiny_dataset, TEMPLATE).read()
+    on_ray = instruction_store(tiny_dataset, TEMPLATE).read()
     monkeypatch.setenv("ZEUS_HOME", str(tmp_path / "local"))
     run_local(tiny_dataset, TEMPLATE, progress=False)
-    local = store_for(tiny_dataset, TEMPLATE).read()
+    local = instruction_store(tiny_dataset, TEMPLATE).read()
     assert on_ray.schema.remove_metadata() == local.schema.remove_metadata()
     assert on_ray.column("instruction").equals(local.column("instruction"))
     np.testing.assert_array_equal(embeddings(on_ray), embeddings(local))
@@ -44,7 +44,7 @@ def test_cli_runs_shows_and_reruns_from_cache(tiny_dataset):
             "--case",
             "demo_002",
             "--tag",
-            "image-facts.template.sentence-transformers",
+            PRESETS["template"].tag,
             "--slice",
             "1",
             "--target",

@@ -56,8 +56,9 @@ def evaluated_run(stage2_session, tmp_path_factory):
     """A short late-fusion run on the tiny dataset, evaluated on its test case: (workspace, dataset, run folder).
 
     Read-only for the tests that use it (they point ZEUS_HOME at the workspace with monkeypatch)."""
+    from stage2_segment.config import TrainConfig
     from stage2_segment.evaluate import evaluate_run
-    from stage2_segment.train import TrainConfig, Trainer
+    from stage2_segment.train import Trainer, prepare_training_data
 
     home, dataset = stage2_session
     workspace = tmp_path_factory.mktemp("evaluated") / "home"
@@ -68,7 +69,7 @@ def evaluated_run(stage2_session, tmp_path_factory):
         config = TrainConfig(
             fusion="late", text="template", epochs=2, batch_size=2, lr=1e-3, slices_per_epoch=2, warmup_steps=1
         )
-        trainer = Trainer(dataset, config, progress=False)
+        trainer = Trainer(prepare_training_data(dataset, config, progress=False), config, progress=False)
         trainer.fit()
         evaluate_run(trainer.run_dir, progress=False)
     finally:

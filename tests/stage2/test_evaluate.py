@@ -10,10 +10,10 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
-from shared.cli import app
 from shared.errors import DataError, ZeusError
 from shared.splits import load_splits
 from stage2_segment.evaluate import evaluate_files
+from zeus.cli import app
 
 SPACING = (0.8, 0.8, 2.5)  # x, y, z as ITK stores it
 TARGETS = {"liver": 1, "spleen": 4}
@@ -50,11 +50,11 @@ def test_folders_are_scored_per_case_class_and_slice(tmp_path):
     assert float(rows["a", "spleen"]["hd95"]) == pytest.approx(np.linalg.norm([8 * 2.5, 16 * 0.8, 16 * 0.8]))
     assert float(rows["b", "liver"]["dice"]) == 1.0 and float(rows["b", "liver"]["hd95"]) == 0.0
     assert math.isnan(float(rows["b", "spleen"]["dice"]))  # undefined: in neither
-    liver = summary["classes"]["liver"]["volume"]["dice"]
-    assert liver == {"mean": pytest.approx(0.875), "std": pytest.approx(0.125), "n": 2}
-    spleen = summary["classes"]["spleen"]
-    assert spleen["volume"]["dice"]["n"] == 1 and spleen["empty_cases"] == 1
-    assert summary["foreground_mean"]["volume"]["dice"] == pytest.approx((0.875 + 0.0) / 2)
+    liver = summary.classes["liver"].volume["dice"]
+    assert (liver.mean, liver.std, liver.n) == (pytest.approx(0.875), pytest.approx(0.125), 2)
+    spleen = summary.classes["spleen"]
+    assert spleen.volume["dice"].n == 1 and spleen.empty_cases == 1
+    assert summary.foreground_mean["volume"]["dice"] == pytest.approx((0.875 + 0.0) / 2)
     slices = list(csv.DictReader((tmp_path / "out" / "slices.csv").open(encoding="utf-8")))
     liver_a = {int(r["slice"]): float(r["dice"]) for r in slices if r["case"] == "a" and r["class"] == "liver"}
     assert liver_a == {2: 0.0, 3: 1.0, 4: 1.0, 5: 1.0, 6: 0.0}  # only slices holding the class in either mask
@@ -64,7 +64,7 @@ def test_folders_are_scored_per_case_class_and_slice(tmp_path):
 def test_without_a_manifest_classes_are_the_values_in_the_ground_truth(tmp_path):
     pred, gt = _pair(tmp_path)
     summary = evaluate_files(pred / "a.nii.gz", gt / "a.nii.gz", tmp_path / "out")
-    assert list(summary["classes"]) == ["label 1", "label 4"]
+    assert list(summary.classes) == ["label 1", "label 4"]
 
 
 def test_missing_prediction_and_grid_mismatch_are_clear_errors(tmp_path):
@@ -108,5 +108,5 @@ def test_a_run_is_evaluated_on_its_test_cases_in_the_original_geometry(evaluated
     shutil.copy(dataset.root / "labelsTr" / f"{test_case}.nii.gz", tmp_path / f"{test_case}.nii.gz")
     again = evaluate_files(folder / "predictions", tmp_path, tmp_path / "again", dataset.manifest.targets)
     for name, scores in summary["classes"].items():
-        assert again["classes"][name]["volume"] == scores["volume"]
+        assert again.to_json()["classes"][name]["volume"] == scores["volume"]
     assert (folder / "model_slices" / f"{test_case}.npz").is_file()

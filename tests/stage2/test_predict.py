@@ -7,10 +7,11 @@ import pyarrow.parquet as pq
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
-from shared.cli import app
+from shared.instructions import PRESETS
 from shared.splits import load_splits
+from zeus.cli import app
 
-TAG = "image-facts.template.sentence-transformers"
+TAG = PRESETS["template"].tag
 
 
 def test_predict_a_new_scan_to_nifti_on_its_own_grid(evaluated_run, tmp_path, monkeypatch):

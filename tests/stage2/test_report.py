@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stage2_segment.evaluate import evaluate_run, pending_runs
-from stage2_segment.report.browser import find_browser, screenshot
-from stage2_segment.report.build import build_reports
-from stage2_segment.train import TrainConfig, Trainer
+from stage2_segment.config import TrainConfig
+from stage2_segment.evaluate import evaluate_run
+from stage2_segment.runs import pending_evaluations
+from stage2_segment.train import Trainer, prepare_training_data
+from zeus.report.browser import find_browser, screenshot
+from zeus.report.build import build_reports
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +73,12 @@ def test_baseline_beside_zeus_in_the_comparison(evaluated_run, tmp_path, monkeyp
     shutil.copytree(workspace, tmp_path / "home")
     monkeypatch.setenv("ZEUS_HOME", str(tmp_path / "home"))
     config = TrainConfig(model="unet", epochs=1, batch_size=2, lr=1e-3, slices_per_epoch=2, warmup_steps=1)
-    trainer = Trainer(dataset, config, progress=False)
+    trainer = Trainer(prepare_training_data(dataset, config, progress=False), config, progress=False)
     trainer.fit()
-    assert pending_runs(dataset.name) == [trainer.run_dir]  # the late-fusion run is evaluated already
+    assert [run.path for run in pending_evaluations(dataset.name)] == [trainer.run_dir]  # the late run is evaluated
     summary = evaluate_run(trainer.run_dir, progress=False)  # no encoder, no instructions: slices in, labels out
-    assert pending_runs(dataset.name) == []
-    assert set(summary["classes"]) == set(dataset.manifest.targets)
+    assert pending_evaluations(dataset.name) == []
+    assert set(summary.classes) == set(dataset.manifest.targets)
     (html,) = build_reports([dataset.name], tmp_path / "reports")
     markdown = html.with_suffix(".md").read_text(encoding="utf-8")
     comparison = markdown.split("## Baselines and ablations")[1].split("##")[0]
@@ -85,5 +87,5 @@ def test_baseline_beside_zeus_in_the_comparison(evaluated_run, tmp_path, monkeyp
         workspace / "runs" / dataset.name / "late__text-template__fold0" / "evaluation" / "test" / "summary.json"
     )
     zeus = json.loads(zeus_summary.read_text(encoding="utf-8"))
-    delta = summary["foreground_mean"]["volume"]["dice"] - zeus["foreground_mean"]["volume"]["dice"]
+    delta = summary.foreground_dice - zeus["foreground_mean"]["volume"]["dice"]
     assert "baseline: 2-D U-Net from scratch" in unet and unet.rstrip(" |").endswith(f"{delta:+.3f}")

@@ -9,16 +9,18 @@ import torch
 
 from shared.cases import CaseCache
 from shared.errors import ZeusError
+from shared.instructions import PRESETS
 from shared.splits import load_splits
+from stage2_segment.config import TrainConfig
 from stage2_segment.data import SliceDataset
 from stage2_segment.features import FeatureCache
 from stage2_segment.instructions import InstructionTable
 from stage2_segment.losses import union_loss
 from stage2_segment.modeling.encoders import FrozenImageEncoder
 from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
-from stage2_segment.train import TrainConfig, Trainer
+from stage2_segment.train import Trainer, prepare_training_data
 
-TAG = "image-facts.template.sentence-transformers"
+TAG = PRESETS["template"].tag
 
 
 def test_samples_carry_embeddings_instructions_and_class_labels(stage2_dataset):
@@ -83,7 +85,7 @@ def _trainer(dataset, **overrides) -> Trainer:
             **overrides,
         }
     )
-    return Trainer(dataset, config, progress=False)
+    return Trainer(prepare_training_data(dataset, config, progress=False), config, progress=False)
 
 
 def test_resume_continues_exactly(stage2_dataset):
@@ -118,7 +120,7 @@ def test_run_folder_and_best_checkpoint_by_validation_dice(stage2_dataset):
     dices = [float(r["val_dice"]) for r in rows]
     assert best["best_dice"] == pytest.approx(max(dices), abs=1e-6)
     assert best["epoch"] == 1 + int(np.argmax(dices))
-    assert result["best_val_dice"] == pytest.approx(max(dices), abs=1e-6)
+    assert result.best_val_dice == pytest.approx(max(dices), abs=1e-6)
     # a checkpoint loads strictly into a fresh model
     fresh = ZeusSegmenter(SegmenterConfig(**best["segmenter"]))
     fresh.load_state_dict(best["model"], strict=True)
@@ -130,7 +132,7 @@ def test_unet_baseline_trains_on_the_same_slices_without_encoder_or_text(stage2_
     sample = trainer.train_set[0]
     assert sample["inputs"].shape == (3, 256, 256) and "text" not in sample
     result = trainer.fit()
-    assert result["epochs"] == 1 and trainer.run_dir.name == "unet__fold0"
+    assert result.epochs == 1 and trainer.run_dir.name == "unet__fold0"
     assert trainer.model.parameter_counts()["frozen"] == 0
 
 
@@ -160,7 +162,7 @@ def test_ddp_with_torchrun_on_cpu(stage2_dataset, tmp_path):
         "--nproc_per_node=2",
         "--master_port=29517",
         "-m",
-        "shared.cli",
+        "zeus.cli",
         "train",
         str(stage2_dataset.root),
         "--fusion",

@@ -19,7 +19,7 @@ def smollm2_folder(tmp_path_factory):
     """vLLM wants a Hugging Face folder: write SmolLM2 (dequantised from the packaged GGUF) as one."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stage1_instruct.models import smollm2_gguf
+    from stage1_instruct.offline_models import smollm2_gguf
 
     gguf = smollm2_gguf()
     folder = tmp_path_factory.mktemp("smollm2")
@@ -35,7 +35,7 @@ def smollm2_folder(tmp_path_factory):
 def test_vllm_instructor_on_smollm2(smollm2_folder):
     from stage1_instruct.config import VllmOptions
     from stage1_instruct.instruct import InstructItem
-    from stage1_instruct.vllm_backends import VllmInstructor
+    from stage1_instruct.instruct.vllm_backend import VllmInstructor
 
     options = VllmOptions(max_num_seqs=8, max_model_len=1024, gpu_memory_utilization=0.25)
     instructor = VllmInstructor(str(smollm2_folder), options, max_new_tokens=32)
@@ -56,9 +56,9 @@ def test_vllm_instructor_on_smollm2(smollm2_folder):
 
 def test_vllm_embedder_matches_sentence_transformers():
     from stage1_instruct.config import VllmOptions
-    from stage1_instruct.embed import SentenceTransformersEmbedder
-    from stage1_instruct.models import minilm_dir
-    from stage1_instruct.vllm_backends import VllmEmbedder
+    from stage1_instruct.embed.sentence_transformers_backend import SentenceTransformersEmbedder
+    from stage1_instruct.embed.vllm_backend import VllmEmbedder
+    from stage1_instruct.offline_models import minilm_dir
 
     texts = ["Segment the liver in the right upper abdomen.", "Segment the spleen in the left upper abdomen."]
     embedder = VllmEmbedder(

@@ -21,20 +21,14 @@ import numpy as np
 from shared.cases import CaseCache
 from shared.errors import ZeusError
 from shared.provenance import git_revision
-from shared.workspace import slug, zeus_home
-from stage2_segment.evaluate import evaluation_dir, format_number, format_stats
+from shared.workspace import runs_dir, slug, zeus_home
+from stage2_segment.evaluate import format_number, format_stats
+from stage2_segment.features import encoder_costs
 from stage2_segment.instructions import InstructionTable
 from stage2_segment.metrics import score_masks
-from stage2_segment.predict import run_dataset
-from stage2_segment.report import figures
-from stage2_segment.report.collect import (
-    EVALUATED_SPLIT,
-    RunRecord,
-    collect_runs,
-    datasets_with_runs,
-    feature_costs,
-    stage_one_costs,
-)
+from stage2_segment.runs import EVALUATED_SPLIT, datasets_with_runs
+from zeus.report import figures
+from zeus.report.collect import RunRecord, collect_runs, stage_one_costs
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +40,14 @@ def build_reports(datasets: list[str] | None, out: Path) -> list[Path]:
     """One report per dataset (default: every dataset with runs); returns the HTML files written."""
     names = datasets or datasets_with_runs()
     if not names:
-        raise ZeusError(f"no runs under {zeus_home() / 'runs'}: train a model first (`zeus train` / `make train`)")
+        raise ZeusError(f"no runs under {runs_dir()}: train a model first (`zeus train` / `make train`)")
     return [build_report(name, out / name) for name in names]
 
 
 def build_report(dataset: str, folder: Path) -> Path:
     runs = collect_runs(dataset)
     if not runs:
-        raise ZeusError(f"no runs of {dataset!r} under {zeus_home() / 'runs' / dataset}: train one first")
+        raise ZeusError(f"no runs of {dataset!r} under {runs_dir(dataset)}: train one first")
     staging = folder.with_name(f".{folder.name}.building")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "figures").mkdir(parents=True)
@@ -70,8 +64,8 @@ def build_report(dataset: str, folder: Path) -> Path:
 
 def _markdown(dataset: str, runs: list[RunRecord], folder: Path) -> str:
     evaluated = [r for r in runs if r.evaluation]
-    labels = runs[0].info.get("manifest", {}).get("labels", {})
-    targets = [name for name, value in labels.items() if value != 0] or _targets_of(evaluated)
+    manifest = runs[0].info.manifest
+    targets = list(manifest.targets) if manifest else _targets_of(evaluated)
     sections = [
         f"# Zeus report: {dataset}",
         f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from `{zeus_home().resolve()}` "
@@ -91,14 +85,14 @@ def _markdown(dataset: str, runs: list[RunRecord], folder: Path) -> str:
 
 
 def _targets_of(runs: list[RunRecord]) -> list[str]:
-    return list(runs[0].evaluation["classes"]) if runs else []
+    return list(runs[0].evaluation.classes) if runs else []
 
 
 def _results(evaluated: list[RunRecord], targets: list[str], runs: list[RunRecord]) -> str:
     missing = [r for r in runs if not r.evaluation]
     lines = ["## Results on the held-out test cases"]
     if evaluated:
-        cases = evaluated[0].evaluation["source"].get("case_ids", [])
+        cases = evaluated[0].evaluation.source.case_ids
         lines.append(
             f"3-D scores in the original geometry of each scan, mean ± std over the {len(cases)} test case(s) "
             f"({', '.join(cases)}); a class absent from both prediction and ground truth of a case is undefined "
@@ -110,15 +104,14 @@ def _results(evaluated: list[RunRecord], targets: list[str], runs: list[RunRecor
             rows = [
                 [
                     r.label,
-                    *(format_stats(r.evaluation["classes"][t]["volume"][metric], digits) for t in targets),
-                    format_number(r.evaluation["foreground_mean"]["volume"][metric], digits),
+                    *(format_stats(r.evaluation.classes[t].volume[metric], digits) for t in targets),
+                    format_number(r.evaluation.foreground_mean["volume"][metric], digits),
                 ]
                 for r in evaluated
             ]
             lines += [f"### {title}", _table(header, rows)]
         rows = [
-            [r.label, *(format_stats(r.evaluation["classes"][t]["slice"]["dice"], 3) for t in targets)]
-            for r in evaluated
+            [r.label, *(format_stats(r.evaluation.classes[t].slice["dice"], 3) for t in targets)] for r in evaluated
         ]
         note = "Slices where the class is in neither mask are left out."
         lines += ["### DSC per 2-D slice", note, _table(["Run", *targets], rows)]
@@ -131,14 +124,14 @@ def _results(evaluated: list[RunRecord], targets: list[str], runs: list[RunRecor
 def _comparison(evaluated: list[RunRecord]) -> str:
     if not evaluated:
         return ""
-    reference = next((r for r in evaluated if r.role == "Zeus" and r.train["text"] == "instructions"), evaluated[0])
-    ref_dice = reference.evaluation["foreground_mean"]["volume"]["dice"]
+    reference = next((r for r in evaluated if r.role == "Zeus" and r.train.text == "instructions"), evaluated[0])
+    ref_dice = reference.evaluation.foreground_dice
     rows = []
     for r in evaluated:
-        fg = r.evaluation["foreground_mean"]["volume"]
+        fg = r.evaluation.foreground_mean["volume"]
         delta = "" if r is reference or fg["dice"] is None or ref_dice is None else f"{fg['dice'] - ref_dice:+.3f}"
-        text = "-" if r.model == "unet" else r.train["text"]
-        fusion = "-" if r.model == "unet" else r.train["fusion"]
+        text = "-" if r.model == "unet" else r.train.text
+        fusion = "-" if r.model == "unet" else r.train.fusion
         scores = [format_number(fg["dice"], 3), format_number(fg["iou"], 3), format_number(fg["hd95"], 1)]
         rows.append([r.label, r.role, text, fusion, *scores, delta])
     header = ["Run", "role", "text", "fusion", "DSC", "mIoU", "HD95 (mm)", f"Δ DSC vs {reference.label}"]
@@ -164,21 +157,18 @@ def _costs(dataset: str, runs: list[RunRecord]) -> str:
         if cold is None:
             rows.append([f"`{cost.tag}`", "no timed run", "", "", "", "", ""])
             continue
-        rate = cold["requests"] / cold["seconds"] if cold["seconds"] else 0
-        rerun = f"{latest['cached']}/{latest['requests']} cached, {latest['seconds']:.1f} s" if latest else ""
-        counts = [
-            str(cold["cases"]),
-            str(cold["requests"]),
-            str(cold.get("model_calls", "n/a")),
-        ]  # n/a: logs older than the field
-        rows.append([f"`{cost.tag}`", *counts, f"{cold['seconds']:.1f} s", f"{rate:.1f}", rerun])
+        rate = cold.requests / cold.seconds if cold.seconds else 0
+        rerun = f"{latest.cached}/{latest.requests} cached, {latest.seconds:.1f} s" if latest else ""
+        calls = "n/a" if cold.model_calls is None else str(cold.model_calls)  # n/a: logs older than the field
+        counts = [str(cold.cases), str(cold.requests), calls]
+        rows.append([f"`{cost.tag}`", *counts, f"{cold.seconds:.1f} s", f"{rate:.1f}", rerun])
     if rows:
         header = ["stage-1 store", "cases", "requests", "model calls", "time", "requests/s", "latest run"]
         lines += ["### Stage 1: instructions (describe, instruct, embed)", _table(header, rows)]
-    features = feature_costs(dataset)
+    features = encoder_costs(dataset)
     if features:
         rows = [
-            [f.encoder_folder, str(f.cases), str(f.images), f"{f.seconds:.1f} s", f"{f.seconds / f.images:.2f} s"]
+            [f.folder, str(f.cases), str(f.images), f"{f.seconds:.1f} s", f"{f.seconds / f.images:.2f} s"]
             for f in features
             if f.images
         ]
@@ -189,7 +179,7 @@ def _costs(dataset: str, runs: list[RunRecord]) -> str:
     rows = []
     for r in runs:
         epochs = len(r.log)
-        per_case = (r.evaluation or {}).get("source", {}).get("predict_seconds_per_case")
+        per_case = r.evaluation.source.predict_seconds_per_case if r.evaluation else None
         rows.append(
             [
                 r.label,
@@ -218,7 +208,7 @@ def _literature(dataset: str) -> str:
         rows = [[e["target"], e["metric"], e["value"], e["protocol"], e["source"]] for e in entries]
         lines.append(_table(["target", "metric", "value", "protocol", "source"], rows))
     else:
-        lines.append(f"No checked figure for `{dataset}` is recorded yet (`stage2_segment/report/literature.json`).")
+        lines.append(f"No checked figure for `{dataset}` is recorded yet (`zeus/report/literature.json`).")
     lines.append(
         "The Zeus paper (Dai et al., arXiv:2504.07336) reports DSC and mIoU for early, hybrid and late fusion on "
         "MSD-Prostate, MSD-BrainTumour and CHAOS with its own splits and models; its tables are not copied here."
@@ -234,7 +224,7 @@ def _curves(runs: list[RunRecord], folder: Path) -> str:
 def _qualitative(evaluated: list[RunRecord], folder: Path) -> str:
     if not evaluated:
         return ""
-    best = max(evaluated, key=lambda r: r.evaluation["foreground_mean"]["volume"]["dice"] or -1.0)
+    best = max(evaluated, key=lambda r: r.evaluation.foreground_dice or -1.0)
     try:
         panels_by_target = overlay_panels(best)
     except ZeusError as e:  # e.g. the preprocessed cases were deleted: the rest of the report still stands
@@ -252,15 +242,14 @@ def _qualitative(evaluated: list[RunRecord], folder: Path) -> str:
 
 
 def overlay_panels(run: RunRecord, per_target: int = 2) -> dict[str, list[figures.OverlayPanel]]:
-    dataset = run_dataset(run.info, None)
+    dataset = run.info.open_dataset()
     manifest = dataset.manifest
-    cases = CaseCache(dataset, run.train["image_size"])
-    case_ids = run.evaluation["source"]["case_ids"]
+    cases = CaseCache(dataset, run.train.image_size)
+    evaluation = run.folder.evaluation(EVALUATED_SPLIT)
     reference = manifest.reference_modality
     channel = manifest.modality_names.index(reference)
     table = InstructionTable(manifest, run.tag) if run.tag else None
-    slices_dir = evaluation_dir(run.folder, EVALUATED_SPLIT) / "model_slices"
-    loaded = {c: _load_case(cases, slices_dir, c) for c in case_ids}
+    loaded = {c: _load_case(cases, evaluation.model_slices(c), c) for c in run.evaluation.source.case_ids}
     out: dict[str, list[figures.OverlayPanel]] = {}
     for target, value in manifest.targets.items():
         candidates = [
@@ -282,8 +271,7 @@ def overlay_panels(run: RunRecord, per_target: int = 2) -> dict[str, list[figure
     return out
 
 
-def _load_case(cases: CaseCache, slices_dir: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    path = slices_dir / f"{case_id}.npz"
+def _load_case(cases: CaseCache, path: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not path.is_file():
         raise ZeusError(f"no model-slice prediction {path}: rerun `zeus evaluate` for this run")
     with np.load(path) as f:
@@ -303,17 +291,17 @@ def _largest_and_smaller(candidates: list[tuple[int, str, int]], count: int) -> 
 def _provenance(runs: list[RunRecord]) -> str:
     rows = []
     for r in runs:
-        source = (r.evaluation or {}).get("source", {})
+        checkpoint = (r.evaluation.source.checkpoint if r.evaluation else None) or "not evaluated"
         rows.append(
             [
                 r.label,
-                f"`{r.folder}`",
+                f"`{r.folder.path}`",
                 f"`{r.config_hash}`",
-                f"`{r.info.get('git_revision') or 'unknown'}`",
+                f"`{r.info.git_revision}`",
                 str(r.best_epoch or ""),
-                r.info.get("encoder") or "-",
+                r.info.encoder or "-",
                 f"`{r.tag}`" if r.tag else "-",
-                source.get("checkpoint", "not evaluated"),
+                checkpoint,
             ]
         )
     header = ["Run", "folder", "config hash", "git revision", "best epoch", "encoder", "stage-1 store", "checkpoint"]

@@ -12,9 +12,9 @@ import typer
 from typer.core import TyperGroup
 
 from shared.errors import DataError, ZeusError
+from shared.preprocess import DEFAULT_IMAGE_SIZE
 from stage1_instruct.cli import app as instructions_app
 from stage2_segment.cli import evaluate as evaluate_command
-from stage2_segment.cli import report as report_command
 from stage2_segment.cli import train as train_command
 
 
@@ -45,7 +45,6 @@ app.add_typer(data_app, name="data")
 app.add_typer(instructions_app, name="instructions")
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
-app.command("report")(report_command)
 
 DatasetArg = Annotated[
     str,
@@ -117,7 +116,7 @@ def data_prepare(
     dataset: DatasetArg,
     root: RootOpt = None,
     case: CasesOpt = None,
-    image_size: Annotated[int, typer.Option(help="Model input size (pixels, square).")] = 256,
+    image_size: Annotated[int, typer.Option(help="Model input size (pixels, square).")] = DEFAULT_IMAGE_SIZE,
     overwrite: Annotated[bool, typer.Option(help="Rebuild cached cases.")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = min(4, os.cpu_count() or 1),
     folds: Annotated[int, typer.Option(min=1, help="Cross-validation folds for new splits.")] = 5,
@@ -172,29 +171,40 @@ def predict(
     root: Annotated[Path | None, typer.Option("--root", help="Where the run's dataset is now.")] = None,
 ) -> None:
     """Segment a new scan: stage-1 instructions for it (cached), then the run's model; NIfTI on the scan's grid."""
-    from dataclasses import replace
+    from zeus.pipeline import predict_scan
 
-    from shared.cases import CaseCache
-    from shared.manifest import Dataset
-    from shared.readers.scan import scan_sources
-    from shared.workspace import instructions_dir
-    from stage1_instruct.runners import instruct_cases, store_config
-    from stage2_segment.predict import Predictor
-
-    predictor = Predictor.from_run(run, root=root)
-    manifest = predictor.dataset.manifest
-    # New scans get their own namespace: they never mix with the dataset's cases, splits or runs.
-    scans = Dataset(replace(manifest, name=f"{manifest.name}-scans"), predictor.dataset.root)
-    cases = CaseCache(scans, predictor.config.image_size)
-    meta = cases.prepare_sources(scan_sources(manifest, input, case_id))
-    table = None
-    if predictor.config.tag:
-        stage1 = store_config(instructions_dir(manifest.name) / predictor.config.tag)
-        instruct_cases(scans, replace(stage1, tag=predictor.config.tag), cases, [meta.case_id])
-        table = predictor.instructions(scans)
-    probabilities_ = predictor.predict_case(meta.case_id, cases, predictor.features(cases), table)
-    for path in predictor.write(meta, probabilities_, output, probability_maps=probabilities):
+    written = predict_scan(run, input, output, case_id=case_id, root=root, probability_maps=probabilities)
+    for path in written:
         typer.echo(f"wrote {path}")
+
+
+@app.command("report")
+def report(
+    dataset: Annotated[list[str] | None, typer.Argument(help="Datasets to report (default: all with runs).")] = None,
+    out: Annotated[Path, typer.Option(help="Reports folder: <out>/<dataset>/report.{md,html}.")] = Path("reports"),
+    screenshot: Annotated[bool, typer.Option(help="Also render report.png in headless chromium.")] = False,
+    evaluate_first: Annotated[
+        bool,
+        typer.Option(
+            "--evaluate/--no-evaluate", help="First evaluate runs with no test evaluation, or one older than best.pt."
+        ),
+    ] = False,
+) -> None:
+    """Results tables, ablations, costs, training curves, overlays and provenance: Markdown + one HTML file."""
+    from stage2_segment.evaluate import evaluate_run
+    from stage2_segment.runs import datasets_with_runs, pending_evaluations
+    from zeus.report.browser import screenshot as take_screenshot
+    from zeus.report.build import build_reports
+
+    if evaluate_first:
+        for run in [run for name in dataset or datasets_with_runs() for run in pending_evaluations(name)]:
+            typer.echo(f"evaluating {run.path}")
+            evaluate_run(run.path)
+    for html in build_reports(dataset, out):
+        typer.echo(f"report: {html.with_suffix('.md')}")
+        typer.echo(f"report: {html}")
+        if screenshot:
+            typer.echo(f"screenshot: {take_screenshot(html, html.with_name('report.png'))}")
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from stage2_segment.report.collect import RunRecord
+from zeus.report.collect import RunRecord
 
 TRUTH_COLOUR, PREDICTION_COLOUR = "#00d26a", "#ff2d55"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from shared.errors import ZeusError
 from stage1_instruct.instruct import InstructItem, answer_prefix, clean_instruction
-from stage1_instruct.models import smollm2_gguf
+from stage1_instruct.offline_models import smollm2_gguf
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,66 @@
+"""The training configuration: every option of ``zeus train`` with its one default."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from shared.errors import ZeusError
+from shared.instructions import PRESETS
+from shared.preprocess import DEFAULT_IMAGE_SIZE
+
+# ``--text`` -> the stage-1 store it reads (named by shared's presets; ``none``: learned class tokens).
+TEXT_MODES = {"instructions": PRESETS["offline"].tag, "template": PRESETS["template"].tag, "none": None}
+MODELS = ("zeus", "unet")
+FUSIONS = ("early", "hybrid", "late")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "zeus"  # zeus | unet (the from-scratch baseline: no encoder, no text)
+    encoder: str = "litemedsam"  # litemedsam | sam-vit-b (needs encoder_checkpoint)
+    encoder_checkpoint: str | None = None
+    fusion: str = "late"
+    text: str = "instructions"  # instructions | template | none
+    instructions_tag: str | None = None  # default: the stage-1 tag of ``text``
+    fold: int = 0
+    epochs: int = 10
+    batch_size: int = 4
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    seed: int = 0
+    num_tokens: int = 2
+    image_size: int = DEFAULT_IMAGE_SIZE
+    slices_per_epoch: int | None = None  # sample this many slices per epoch (default: all)
+    early_stopping: int | None = None  # stop after this many epochs without a better validation Dice
+    num_workers: int = 0
+    run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ZeusError(f"--model must be one of {MODELS}, got {self.model!r}")
+        if self.fusion not in FUSIONS:
+            raise ZeusError(f"--fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.text not in TEXT_MODES:
+            raise ZeusError(f"--text must be one of {list(TEXT_MODES)}, got {self.text!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ZeusError("epochs, batch size and learning rate must be positive")
+
+    @property
+    def tag(self) -> str | None:
+        """The stage-1 store the run reads (None: no instructions)."""
+        return None if self.model == "unet" else self.instructions_tag or TEXT_MODES[self.text]
+
+    @property
+    def name(self) -> str:
+        if self.run_name:
+            return self.run_name
+        return f"unet__fold{self.fold}" if self.model == "unet" else f"{self.fusion}__text-{self.text}__fold{self.fold}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})

@@ -1,0 +1,297 @@
+"""The run folder, its records, and where a run computes (device, precision). One owner for all of them.
+
+``$ZEUS_HOME/runs/<dataset>/<run>/``:
+
+- ``config.json``: ``RunInfo``: the dataset (name, root, manifest), the resolved ``TrainConfig``, the
+  segmenter's configuration, parameter counts, the encoder, the train/val cases, git revision, packages;
+- ``checkpoints/last.pt`` (every epoch) and ``checkpoints/best.pt`` (best validation Dice): full state;
+- ``log.csv`` (one row per epoch) and ``tensorboard/``;
+- ``evaluation/<split>/``: an ``EvaluationFolder``: ``predictions/<case>.nii.gz``, ``model_slices/<case>.npz``,
+  ``cases.csv``, ``slices.csv`` and ``summary.json`` (an ``EvaluationSummary``).
+
+Device and precision are decided here once, for training and prediction alike: the GPU of this process's
+local rank when there is one, else the CPU; bf16 autocast on CUDA, fp32 (no autocast) on CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shared.atomic import write_json
+from shared.manifest import Dataset, Manifest, manifest_from_json, resolve_dataset
+from shared.workspace import runs_dir
+from stage2_segment.config import TrainConfig
+
+CONFIG_FILE = "config.json"
+LOG_FILE = "log.csv"
+LAST, BEST = "last.pt", "best.pt"
+EVALUATED_SPLIT = "test"  # the split the report shows
+
+
+# -- device and precision -----------------------------------------------------------------------------------
+
+
+def pick_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def mixed_precision(device: torch.device) -> AbstractContextManager:
+    """bf16 autocast on CUDA; fp32 (no autocast) on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+# -- records ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """``config.json``: everything needed to rebuild a run's model and data, and where its numbers came from."""
+
+    dataset: str
+    dataset_root: str
+    manifest: Manifest | None  # None in runs written before the manifest was saved with them
+    train: TrainConfig
+    segmenter: dict[str, Any] | None  # SegmenterConfig fields; None for the U-Net baseline
+    parameters: dict[str, int]  # trainable, frozen (the decoder model's own)
+    encoder: str | None
+    encoder_parameters: int
+    train_cases: list[str]
+    val_cases: list[str]
+    git_revision: str
+    packages: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["manifest"] = self.manifest.to_json() if self.manifest else None
+        data["train"] = self.train.to_json()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunInfo:
+        root = data.get("dataset_root", ".")
+        manifest = manifest_from_json(data["manifest"], source=Path(root)) if data.get("manifest") else None
+        return cls(
+            dataset=data["dataset"],
+            dataset_root=root,
+            manifest=manifest,
+            train=TrainConfig.from_json(data["train"]),
+            segmenter=data.get("segmenter"),
+            parameters=dict(data.get("parameters", {})),
+            encoder=data.get("encoder"),
+            encoder_parameters=int(data.get("encoder_parameters", 0)),
+            train_cases=list(data.get("train_cases", [])),
+            val_cases=list(data.get("val_cases", [])),
+            git_revision=data.get("git_revision") or "unknown",
+            packages=dict(data.get("packages", {})),
+        )
+
+    def open_dataset(self, root: Path | None = None) -> Dataset:
+        """The run's dataset: its manifest as saved in the run, its data where it was (or at ``root``)."""
+        if self.manifest is None:
+            return resolve_dataset(self.dataset, root)
+        return Dataset(self.manifest, root or Path(self.dataset_root))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What ``train`` returns: epochs trained in total, the best validation Dice, the run folder."""
+
+    epochs: int
+    best_val_dice: float
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class MetricStats:
+    """Mean, std and count of one metric over the cases (or slices) where it is defined."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+
+@dataclass(frozen=True)
+class ClassSummary:
+    volume: dict[str, MetricStats]  # metric -> stats over cases, 3-D
+    slice: dict[str, MetricStats]  # metric -> stats over 2-D slices
+    empty_cases: int  # cases where the class is in neither prediction nor ground truth
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ClassSummary:
+        def stats(level: dict[str, Any]) -> dict[str, MetricStats]:
+            return {metric: MetricStats(**values) for metric, values in level.items()}
+
+        return cls(stats(data["volume"]), stats(data["slice"]), int(data["empty_cases"]))
+
+
+@dataclass(frozen=True)
+class EvaluationSource:
+    """What was scored: a run's split (``run``, ``split``, ...) or external files (``predictions``, ...)."""
+
+    run: str | None = None
+    split: str | None = None
+    case_ids: list[str] = field(default_factory=list)
+    checkpoint: str | None = None
+    predict_seconds_per_case: float | None = None
+    predictions: str | None = None
+    ground_truth: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in (None, [])}
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """``summary.json``: per class Dice / IoU / HD95 statistics, the foreground means, the definitions."""
+
+    cases: int
+    classes: dict[str, ClassSummary]
+    foreground_mean: dict[str, dict[str, float | None]]  # level (volume | slice) -> metric -> mean of classes
+    definitions: str
+    source: EvaluationSource
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cases": self.cases,
+            "classes": {name: asdict(c) for name, c in self.classes.items()},
+            "foreground_mean": self.foreground_mean,
+            "definitions": self.definitions,
+            "source": self.source.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EvaluationSummary:
+        return cls(
+            cases=int(data["cases"]),
+            classes={name: ClassSummary.from_json(c) for name, c in data["classes"].items()},
+            foreground_mean=data["foreground_mean"],
+            definitions=data.get("definitions", ""),
+            source=EvaluationSource(**data.get("source", {})),
+        )
+
+    @property
+    def foreground_dice(self) -> float | None:
+        return self.foreground_mean["volume"]["dice"]
+
+
+# -- folders ------------------------------------------------------------------------------------------------
+
+
+class EvaluationFolder:
+    """One evaluation's files (of a run's split, or of external predictions)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / "predictions"
+
+    def model_slices(self, case_id: str) -> Path:
+        """The prediction on the model slices, uint8 ``[Z, S, S]`` label values: the report's overlays."""
+        return self.path / "model_slices" / f"{case_id}.npz"
+
+    @property
+    def cases_csv(self) -> Path:
+        return self.path / "cases.csv"
+
+    @property
+    def slices_csv(self) -> Path:
+        return self.path / "slices.csv"
+
+    @property
+    def summary_json(self) -> Path:
+        return self.path / "summary.json"
+
+    def write_summary(self, summary: EvaluationSummary) -> None:
+        write_json(self.summary_json, summary.to_json())
+
+    def read_summary(self) -> EvaluationSummary | None:
+        if not self.summary_json.is_file():
+            return None
+        return EvaluationSummary.from_json(json.loads(self.summary_json.read_text(encoding="utf-8")))
+
+
+class RunFolder:
+    def __init__(self, path: Path):
+        self.path = path
+
+    @classmethod
+    def of(cls, dataset: str, name: str) -> RunFolder:
+        return cls(runs_dir(dataset) / name)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config_json(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    def checkpoint(self, name: str = BEST) -> Path:
+        return self.path / "checkpoints" / name
+
+    @property
+    def log_csv(self) -> Path:
+        return self.path / LOG_FILE
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    def evaluation(self, split: str = EVALUATED_SPLIT) -> EvaluationFolder:
+        return EvaluationFolder(self.path / "evaluation" / split)
+
+    def is_run(self) -> bool:
+        return self.config_json.is_file()
+
+    def write_info(self, info: RunInfo) -> None:
+        write_json(self.config_json, info.to_json())
+
+    def read_info(self) -> RunInfo:
+        return RunInfo.from_json(json.loads(self.config_json.read_text(encoding="utf-8")))
+
+    def append_log(self, row: dict[str, Any]) -> None:
+        """One epoch's row of ``log.csv`` (the header is written with the first row)."""
+        new = not self.log_csv.is_file()
+        with self.log_csv.open("a", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def read_log(self) -> list[dict[str, float | None]]:
+        """``log.csv`` rows as numbers (None where a value is empty, e.g. no validation Dice)."""
+        if not self.log_csv.is_file():
+            return []
+        with self.log_csv.open(encoding="utf-8", newline="") as f:
+            return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in csv.DictReader(f)]
+
+    def needs_evaluation(self, split: str = EVALUATED_SPLIT) -> bool:
+        """A finished run whose evaluation is missing or older than its best checkpoint."""
+        best, summary = self.checkpoint(BEST), self.evaluation(split).summary_json
+        return best.is_file() and (not summary.is_file() or summary.stat().st_mtime < best.stat().st_mtime)
+
+
+def list_runs(dataset: str) -> list[RunFolder]:
+    """A dataset's run folders (those with a config.json), in name order."""
+    return [run for run in (RunFolder(p) for p in sorted(runs_dir(dataset).glob("*"))) if run.is_run()]
+
+
+def datasets_with_runs() -> list[str]:
+    return sorted(p.name for p in runs_dir().glob("*") if list_runs(p.name))
+
+
+def pending_evaluations(dataset: str, split: str = EVALUATED_SPLIT) -> list[RunFolder]:
+    """Finished runs of a dataset whose evaluation is missing or older than their best checkpoint."""
+    return [run for run in list_runs(dataset) if run.needs_evaluation(split)]

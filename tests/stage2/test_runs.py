@@ -1,0 +1,41 @@
+"""The run folder's records: what training and evaluation write is what the typed readers give back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared.errors import ZeusError
+from shared.instructions import PRESETS
+from stage2_segment.config import TrainConfig
+from stage2_segment.instructions import InstructionTable
+from stage2_segment.runs import EvaluationSummary, RunFolder, RunInfo, list_runs, pending_evaluations
+from stage2_segment.train import prepare_training_data
+
+
+def test_run_info_and_evaluation_summary_round_trip_their_json(evaluated_run, monkeypatch):
+    workspace, dataset, run_dir = evaluated_run
+    monkeypatch.setenv("ZEUS_HOME", str(workspace))
+    run = RunFolder(run_dir)
+    on_disk = json.loads(run.config_json.read_text(encoding="utf-8"))
+    info = run.read_info()
+    assert isinstance(info, RunInfo) and info.train.fusion == "late"
+    assert info.manifest.targets == dataset.manifest.targets
+    assert info.to_json() == on_disk
+    assert info.open_dataset().root == dataset.root.resolve()
+    summary = run.evaluation("test").read_summary()
+    assert isinstance(summary, EvaluationSummary)
+    assert summary.to_json() == json.loads(run.evaluation("test").summary_json.read_text(encoding="utf-8"))
+    assert summary.source.checkpoint == "best.pt" and summary.source.split == "test"
+    assert [r.path for r in list_runs(dataset.name)] == [run_dir] and pending_evaluations(dataset.name) == []
+    assert [row["epoch"] for row in run.read_log()] == [1.0, 2.0]
+
+
+def test_a_size_the_dataset_was_not_prepared_at_is_a_clear_error(stage2_dataset):
+    with pytest.raises(ZeusError, match=r"prepared at 256 px, not at --image-size 128: pass --image-size 256"):
+        prepare_training_data(stage2_dataset, TrainConfig(text="template", image_size=128), progress=False)
+    table = InstructionTable(stage2_dataset.manifest, PRESETS["template"].tag)
+    table.check_image_size(256)
+    with pytest.raises(ZeusError, match=r"written from 256 px slices, not --image-size 128"):
+        table.check_image_size(128)
