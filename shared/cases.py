@@ -32,8 +32,10 @@ from shared.atomic import write_atomic, write_json
 from shared.errors import DataError, Problem, ZeusError
 from shared.geometry import Geometry, from_array, resample_onto
 from shared.manifest import Dataset
+from shared.paths import check_case_id
 from shared.preprocess import DEFAULT_IMAGE_SIZE, SliceTransform, normalise
-from shared.readers import CaseSources, open_layout
+from shared.readers import CaseSources, open_layout, select_cases
+from shared.readers.base import non_finite_problem
 from shared.registration import coregister, read_label_on
 from shared.workspace import preprocessed_dir
 
@@ -123,7 +125,7 @@ class CaseCache:
         self.folder = (root or preprocessed_dir(dataset.name)) / f"{image_size}px"
 
     def case_dir(self, case_id: str) -> Path:
-        return self.folder / case_id
+        return self.folder / check_case_id(case_id)
 
     def prepared_sizes(self) -> list[int]:
         """The image sizes this dataset has prepared cases at (any case), smallest first."""
@@ -143,7 +145,7 @@ class CaseCache:
         progress: bool = True,
     ) -> PrepareSummary:
         """Build the entries of ``case_ids`` (default: all cases); problems are collected, not raised."""
-        ids = case_ids if case_ids is not None else open_layout(self.dataset).case_ids()
+        ids = select_cases(self.dataset, case_ids)
         summary = PrepareSummary()
         bar = tqdm(total=len(ids), desc=f"prepare {self.dataset.name}", unit="case", disable=not progress)
         jobs = [(self.dataset, self.image_size, self.folder, cid, with_labels, overwrite) for cid in ids]
@@ -168,12 +170,14 @@ class CaseCache:
         path = self.case_dir(case_id) / "meta.json"
         if not path.is_file():
             raise ZeusError(f"case {case_id!r} of {self.dataset.name!r} is not prepared: run `zeus data prepare`")
-        return CaseMeta.from_json(json.loads(path.read_text(encoding="utf-8")))
+        meta = _read_meta(path)
+        if meta is None:
+            raise ZeusError(f"{path} is damaged: run `zeus data prepare {self.dataset.name}` to rebuild the entry")
+        return meta
 
     def load(self, case_id: str, *, with_label: bool = True) -> PreprocessedCase:
         meta = self.meta(case_id)
-        with np.load(self.case_dir(case_id) / "image.npz") as f:
-            image = f["image"].astype(np.float32)
+        image = _read_npz(self.case_dir(case_id) / "image.npz", "image", self.dataset.name).astype(np.float32)
         return PreprocessedCase(meta, image, self.label(case_id) if with_label else None)
 
     def label(self, case_id: str) -> np.ndarray:
@@ -181,8 +185,34 @@ class CaseCache:
         path = self.case_dir(case_id) / "label.npz"
         if not path.is_file():
             raise ZeusError(f"case {case_id!r} has no prepared label: run `zeus data prepare {self.dataset.name}`")
-        with np.load(path) as f:
-            return f["label"]
+        return _read_npz(path, "label", self.dataset.name)
+
+
+def _read_meta(path: Path) -> CaseMeta | None:
+    """A cache entry's meta.json, or None when it is damaged (truncated, not JSON, fields missing)."""
+    try:
+        return CaseMeta.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _read_npz(path: Path, key: str, dataset: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return f[key]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ZeusError(
+            f"{path} is damaged ({type(e).__name__}): run `zeus data prepare {dataset}` to rebuild it"
+        ) from None
+
+
+def _npz_intact(path: Path, key: str) -> bool:
+    """Cheap check that an archive opens and holds ``key`` (a truncated zip loses its central directory)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return f"{key}.npy" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _record(summary: PrepareSummary, case_id: str, status: str, problems: list[Problem]) -> None:
@@ -196,7 +226,7 @@ def _prepare_case(
     """Build one cache entry; returns (case_id, "built" | "skipped" | "failed", problems)."""
     sources = open_layout(dataset).sources(case_id)
     try:
-        built = _build_entry(dataset, image_size, folder / case_id, sources, with_labels, overwrite)
+        built = _build_entry(dataset, image_size, folder / check_case_id(case_id), sources, with_labels, overwrite)
     except DataError as e:
         return case_id, "failed", e.problems
     return case_id, "built" if built else "skipped", []
@@ -209,8 +239,9 @@ def _build_entry(
         raise DataError(sources.problems)
     image_signature = files_signature(sources.image_files())
     meta_path = case_dir / "meta.json"
-    meta = CaseMeta.from_json(json.loads(meta_path.read_text(encoding="utf-8"))) if meta_path.is_file() else None
-    if overwrite or meta is None or meta.image_signature != image_signature:
+    meta = _read_meta(meta_path) if meta_path.is_file() else None  # damaged: rebuilt like a missing entry
+    intact = meta is not None and _npz_intact(case_dir / "image.npz", "image")
+    if overwrite or not intact or meta.image_signature != image_signature:
         meta = _build_images(dataset, size, case_dir, sources, image_signature)
     elif not with_labels or _label_current(meta, sources, case_dir, dataset.manifest.reference_modality):
         return False
@@ -222,6 +253,12 @@ def _build_entry(
 def _build_images(dataset: Dataset, size: int, case_dir: Path, sources: CaseSources, signature: str) -> CaseMeta:
     manifest = dataset.manifest
     case = coregister(sources, manifest, with_label=False)
+    problems = [
+        non_finite_problem(case.images[m.name], case.case_id, m.name, next(iter(sources.images[m.name].files), None))
+        for m in manifest.modalities
+    ]
+    if any(problems):
+        raise DataError([p for p in problems if p])
     transform = SliceTransform(native=case.grid.array_shape[1:], size=size)
     image = np.stack(
         [
@@ -237,7 +274,8 @@ def _build_images(dataset: Dataset, size: int, case_dir: Path, sources: CaseSour
 
 
 def _label_current(meta: CaseMeta, sources: CaseSources, case_dir: Path, reference: str) -> bool:
-    return (case_dir / "label.npz").is_file() and meta.label_signature == _label_signature(sources, reference)
+    current = meta.label_signature == _label_signature(sources, reference)
+    return current and _npz_intact(case_dir / "label.npz", "label")
 
 
 def _label_signature(sources: CaseSources, reference: str) -> str | None:

@@ -10,13 +10,13 @@ from tqdm import tqdm
 from shared.errors import DataError, Problem
 from shared.geometry import Geometry, to_array
 from shared.manifest import Dataset, Manifest
-from shared.readers import CaseSources, LabelSource, open_layout
-from shared.readers.base import check_label_values
+from shared.readers import CaseSources, LabelSource, open_layout, select_cases
+from shared.readers.base import check_label_values, non_finite_problem
 
 
 def check_dataset(dataset: Dataset, case_ids: list[str] | None = None, progress: bool = True) -> list[Problem]:
     layout = open_layout(dataset)
-    ids = case_ids if case_ids is not None else layout.case_ids()
+    ids = select_cases(dataset, case_ids)
     if not ids:
         return [Problem("-", "no cases found", dataset.root)]
     problems: dict[Problem, None] = {}  # ordered and without repeats (4-D channels share one file)
@@ -35,6 +35,10 @@ def check_case(sources: CaseSources, manifest: Manifest) -> Iterator[Problem]:
                 images[name] = source.read()
             except DataError as e:
                 yield from e.problems
+                continue
+            problem = non_finite_problem(to_array(images[name]), sources.case_id, name, next(iter(source.files), None))
+            if problem:
+                yield problem
     if sources.label_for(manifest.reference_modality) is None:
         yield Problem(sources.case_id, f"no label for the reference modality {manifest.reference_modality!r}")
     for label in sources.labels:

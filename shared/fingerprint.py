@@ -12,13 +12,13 @@ from tqdm import tqdm
 
 from shared.errors import DataError
 from shared.manifest import Dataset
-from shared.readers import open_layout
+from shared.readers import open_layout, select_cases
 from shared.registration import RegisteredCase, coregister
 
 
 def fingerprint_dataset(dataset: Dataset, case_ids: list[str] | None = None, progress: bool = True) -> dict:
     layout = open_layout(dataset)
-    ids = case_ids if case_ids is not None else layout.case_ids()
+    ids = select_cases(dataset, case_ids)
     cases, problems = {}, []
     for case_id in tqdm(ids, desc=f"fingerprint {dataset.name}", unit="case", disable=not progress):
         try:

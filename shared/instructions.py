@@ -17,6 +17,7 @@ Each shard is written atomically, so a crash loses at most the case in flight.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +29,10 @@ import pyarrow.parquet as pq
 
 from shared.atomic import write_atomic
 from shared.errors import ZeusError
+from shared.paths import check_case_id
 from shared.workspace import instructions_dir
+
+log = logging.getLogger(__name__)
 
 UNION = "union"
 
@@ -110,6 +114,20 @@ def to_table(rows: list[dict[str, Any]], dim: int, provenance: dict[str, Any]) -
     return pa.Table.from_arrays(arrays, schema=schema(dim).with_metadata(meta))
 
 
+class DamagedShard(ZeusError):
+    """A shard that exists but cannot be read (truncated, not Parquet): rerunning stage 1 rewrites it."""
+
+
+def _read(path: Path, read):
+    try:
+        return read(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DamagedShard(
+            f"{path} is damaged ({type(e).__name__}: {str(e)[:160]}): rerun `zeus instructions` for this dataset, "
+            "which rewrites damaged shards"
+        ) from None
+
+
 @dataclass(frozen=True)
 class RunLogEntry:
     """One stage-1 run over a store: what it was asked, what it found cached, what it computed, how long."""
@@ -147,7 +165,7 @@ class InstructionStore:
         return self.folder.name
 
     def shard(self, case_id: str) -> Path:
-        return self.folder / f"{case_id}.parquet"
+        return self.folder / f"{check_case_id(case_id)}.parquet"
 
     def case_ids(self) -> list[str]:
         return sorted(p.stem for p in self.folder.glob("*.parquet"))
@@ -159,7 +177,7 @@ class InstructionStore:
         path = self.shard(case_id)
         if not path.is_file():
             return None
-        return pq.read_table(path, columns=list(columns) if columns else None, filters=filters)
+        return _read(path, lambda p: pq.read_table(p, columns=list(columns) if columns else None, filters=filters))
 
     def read(self, case_ids: Iterable[str] | None = None, columns: Iterable[str] | None = None) -> pa.Table:
         """The rows of several cases (default: all) as one table."""
@@ -175,10 +193,10 @@ class InstructionStore:
     def embedding_dim(self) -> int | None:
         """The embedding size of the store (None while it has no shard)."""
         ids = self.case_ids()
-        return pq.read_schema(self.shard(ids[0])).field("embedding").type.list_size if ids else None
+        return _read(self.shard(ids[0]), pq.read_schema).field("embedding").type.list_size if ids else None
 
     def provenance(self, case_id: str) -> dict[str, Any]:
-        metadata = pq.read_schema(self.shard(case_id)).metadata or {}
+        metadata = _read(self.shard(case_id), pq.read_schema).metadata or {}
         return json.loads(metadata.get(PROVENANCE_KEY, b"{}"))
 
     def stage1_config(self) -> dict[str, Any] | None:
@@ -196,4 +214,10 @@ class InstructionStore:
         path = self.folder / RUN_LOG
         if not path.is_file():
             return []
-        return [RunLogEntry.from_json(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines()]
+        entries = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            try:
+                entries.append(RunLogEntry.from_json(json.loads(line)))
+            except (json.JSONDecodeError, TypeError, AttributeError):  # a line cut short by a kill or a full disk
+                log.warning("%s line %d is damaged and left out: %r", path, number, line[:80])
+        return entries

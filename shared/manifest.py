@@ -183,6 +183,8 @@ def resolve_manifest(spec: str) -> Manifest:
         return manifest_from_json(_read_json(path), source=path)
     if (MANIFEST_DIR / f"{spec}.json").is_file():
         return manifest_from_json(_read_json(MANIFEST_DIR / f"{spec}.json"), source=MANIFEST_DIR)
+    if not path.exists() and (len(path.parts) > 1 or path.suffix == ".json"):
+        raise ZeusError(f"{spec} does not exist: give an existing dataset folder (with dataset.json) or manifest file")
     raise ZeusError(
         f"unknown dataset {spec!r}: expected one of {builtin_manifests()}, a manifest .json file, "
         "or a folder holding an MSD / nnU-Net v2 dataset.json"
@@ -269,18 +271,23 @@ def manifest_from_dataset_json(folder: Path) -> Manifest:
         raise ZeusError(f"{folder} holds no dataset.json: expected an MSD or nnU-Net v2 dataset folder")
     data = _read_json(path)
     if "channel_names" in data:
-        layout, channels, labels = "nnunet_v2", data["channel_names"], _nnunet_labels(data["labels"], path)
+        layout, channels = "nnunet_v2", _index_map(data["channel_names"], "channel_names", path)
+        if "labels" not in data:
+            raise ZeusError(f"{path}: an nnU-Net v2 dataset.json needs 'labels' (name -> integer), found none")
+        labels = _nnunet_labels(data["labels"], path)
     elif "modality" in data:
-        layout, channels = "msd", data["modality"]
-        names = [str(name) for name in data.get("labels", {}).values()]
+        layout, channels = "msd", _index_map(data["modality"], "modality", path)
+        by_value = _index_map(data.get("labels", {}), "labels", path)
+        names = list(by_value.values())
         if len(set(names)) != len(names):
             raise ZeusError(f"{path}: label names repeat: {names}; give each label value its own name")
-        labels = {str(name): int(value) for value, name in data.get("labels", {}).items()}
+        labels = {name: value for value, name in by_value.items()}
     else:
         raise ZeusError(f"{path}: expected 'channel_names' (nnU-Net v2) or 'modality' (MSD), found {sorted(data)}")
+    if not channels:
+        raise ZeusError(f"{path}: no channels: '{'channel_names' if layout == 'nnunet_v2' else 'modality'}' is empty")
     modalities = tuple(
-        Modality(str(name), str(name), int(index), Normalisation.for_modality_name(str(name)))
-        for index, name in sorted(channels.items(), key=lambda kv: int(kv[0]))
+        Modality(name, name, index, Normalisation.for_modality_name(name)) for index, name in sorted(channels.items())
     )
     labels = {("background" if v == 0 else k): v for k, v in labels.items()}
     return Manifest(
@@ -295,8 +302,28 @@ def manifest_from_dataset_json(folder: Path) -> Manifest:
     )
 
 
-def _nnunet_labels(labels: dict[str, Any], path: Path) -> dict[str, int]:
+def _index_map(value: Any, field: str, path: Path) -> dict[int, str]:
+    """An MSD-style ``{"0": "T2", "1": "ADC"}`` mapping as ``{0: "T2", 1: "ADC"}``; anything else is refused."""
+    example = '{"0": "T2", "1": "ADC"}'
+    if not isinstance(value, dict):
+        raise ZeusError(f"{path}: '{field}' must map integer indices to names, like {example}; found {value!r}")
+    out = {}
+    for key, name in value.items():
+        if not re.fullmatch(r"\s*\d+\s*", str(key)) or not isinstance(name, str | int | float):
+            raise ZeusError(
+                f"{path}: '{field}' must map integer indices to names, like {example}; found {key!r}: {name!r}"
+            )
+        out[int(key)] = str(name)
+    return out
+
+
+def _nnunet_labels(labels: Any, path: Path) -> dict[str, int]:
+    if not isinstance(labels, dict):
+        raise ZeusError(f"{path}: 'labels' must map names to integers, like {{\"background\": 0}}; found {labels!r}")
     regions = [k for k, v in labels.items() if isinstance(v, list | tuple)]
     if regions:
         raise ZeusError(f"{path}: region-based labels {regions} are not supported; give one integer per label")
+    bad = {k: v for k, v in labels.items() if isinstance(v, bool) or not isinstance(v, int)}
+    if bad:
+        raise ZeusError(f"{path}: label values must be integers (name -> value), found {bad}")
     return {str(k): int(v) for k, v in labels.items()}

@@ -22,7 +22,7 @@ import numpy as np
 from cachetools import LRUCache
 
 from shared.cases import PreprocessedCase
-from shared.instructions import UNION, InstructionStore, to_table
+from shared.instructions import UNION, DamagedShard, InstructionStore, to_table
 from shared.manifest import Dataset
 from shared.provenance import package_versions
 from stage1_instruct.backends import Backends
@@ -154,7 +154,11 @@ class InstructionGenerator:
         return stats
 
     def _existing_rows(self, case_id: str) -> dict[str, dict[str, Any]]:
-        table = self.store.read_case(case_id)
+        try:
+            table = self.store.read_case(case_id)
+        except DamagedShard as e:
+            log.warning("%s: writing the case again", e)
+            return {}
         if table is None:
             return {}
         rows = table.to_pylist()

@@ -17,7 +17,7 @@ from shared.cases import CaseCache
 from shared.errors import DataError, ZeusError
 from shared.instructions import InstructionStore, RunLogEntry
 from shared.manifest import Dataset
-from shared.readers import open_layout
+from shared.readers import select_cases
 from stage1_instruct.backends import build_backends
 from stage1_instruct.config import Stage1Config
 from stage1_instruct.generate import InstructionGenerator, Stats
@@ -79,11 +79,7 @@ def instruction_store(dataset: Dataset, config: Stage1Config) -> InstructionStor
 
 
 def plan_cases(dataset: Dataset, case_ids: list[str] | None, shard: Shard) -> list[str]:
-    known = open_layout(dataset).case_ids()
-    unknown = sorted(set(case_ids or ()) - set(known))
-    if unknown:
-        raise ZeusError(f"cases {unknown} are not in {dataset.name} (it has {known[:10]}...)")
-    return shard.select(case_ids or known)
+    return shard.select(select_cases(dataset, case_ids))
 
 
 def prepare_images(dataset: Dataset, config: Stage1Config, case_ids: list[str], progress: bool) -> CaseCache:

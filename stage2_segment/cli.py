@@ -13,7 +13,9 @@ from stage2_segment.config import TrainConfig
 def train(
     dataset: Annotated[str, typer.Argument(help="Built-in manifest name, manifest .json, or dataset folder.")] = "demo",
     root: Annotated[Path | None, typer.Option("--root", help="Folder holding the dataset.")] = None,
-    model: Annotated[str, typer.Option(help="zeus, or unet (a 2-D U-Net from scratch).")] = TrainConfig.model,
+    model: Annotated[
+        str, typer.Option(help="zeus; unet (2-D U-Net from scratch); litemedsam-boxes (reference, GT boxes).")
+    ] = TrainConfig.model,
     fusion: Annotated[str, typer.Option(help="early, hybrid or late.")] = TrainConfig.fusion,
     encoder: Annotated[str, typer.Option(help="Frozen image encoder: litemedsam, or sam-vit-b.")] = TrainConfig.encoder,
     encoder_checkpoint: Annotated[
@@ -85,6 +87,7 @@ def evaluate(
     """Dice, IoU and HD95 (mm) per case x class in the original geometry, and per 2-D slice: CSV + summary JSON."""
     from shared.errors import ZeusError
     from shared.manifest import resolve_manifest
+    from shared.paths import output_folder
     from stage2_segment.evaluate import evaluate_files, evaluate_run, format_summary
     from stage2_segment.runs import RunFolder
 
@@ -97,7 +100,7 @@ def evaluate(
         folder = RunFolder(run).evaluation(split).path
     elif pred is not None and gt is not None:
         targets = resolve_manifest(dataset).targets if dataset else None
-        folder = out or (pred if pred.is_dir() else pred.parent) / "evaluation"
+        folder = output_folder(out or (pred if pred.is_dir() else pred.parent) / "evaluation", "--out")
         summary = evaluate_files(pred, gt, folder, targets)
     else:
         raise ZeusError("nothing to evaluate: pass --run RUN, or --pred P --gt G")

@@ -7,17 +7,21 @@ from typing import Any
 
 from shared.errors import ZeusError
 from shared.instructions import PRESETS
+from shared.paths import check_name
 from shared.preprocess import DEFAULT_IMAGE_SIZE
 
 # ``--text`` -> the stage-1 store it reads (named by shared's presets; ``none``: learned class tokens).
 TEXT_MODES = {"instructions": PRESETS["offline"].tag, "template": PRESETS["template"].tag, "none": None}
-MODELS = ("zeus", "unet")
+# zeus: the method; unet: a 2-D U-Net from scratch (baseline); litemedsam-boxes: frozen LiteMedSAM prompted
+# with ground-truth boxes (a reference that sees the ground truth at test time; nothing is trained).
+MODELS = ("zeus", "unet", "litemedsam-boxes")
+BOX_REFERENCE = "litemedsam-boxes"
 FUSIONS = ("early", "hybrid", "late")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "zeus"  # zeus | unet (the from-scratch baseline: no encoder, no text)
+    model: str = "zeus"  # one of MODELS
     encoder: str = "litemedsam"  # litemedsam | sam-vit-b (needs encoder_checkpoint)
     encoder_checkpoint: str | None = None
     fusion: str = "late"
@@ -46,17 +50,30 @@ class TrainConfig:
             raise ZeusError(f"--text must be one of {list(TEXT_MODES)}, got {self.text!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ZeusError("epochs, batch size and learning rate must be positive")
+        if self.model == BOX_REFERENCE and self.fusion == "early":
+            raise ZeusError(
+                "--model litemedsam-boxes prompts the reference modality's own embedding: use --fusion late"
+            )
+        if self.run_name is not None:
+            check_name(self.run_name, "run name", "--run-name")
 
     @property
     def tag(self) -> str | None:
         """The stage-1 store the run reads (None: no instructions)."""
-        return None if self.model == "unet" else self.instructions_tag or TEXT_MODES[self.text]
+        return None if self.model != "zeus" else self.instructions_tag or TEXT_MODES[self.text]
+
+    @property
+    def uses_features(self) -> bool:
+        """Whether the run reads the frozen encoder's cached embeddings (the U-Net reads the slices)."""
+        return self.model != "unet"
 
     @property
     def name(self) -> str:
         if self.run_name:
             return self.run_name
-        return f"unet__fold{self.fold}" if self.model == "unet" else f"{self.fusion}__text-{self.text}__fold{self.fold}"
+        if self.model != "zeus":
+            return f"{self.model}__fold{self.fold}"
+        return f"{self.fusion}__text-{self.text}__fold{self.fold}"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

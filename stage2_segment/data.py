@@ -36,6 +36,18 @@ def class_lookup(manifest: Manifest) -> np.ndarray:
     return lut
 
 
+def forward_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """A model's logits ``Bx(T+1)xSxS`` for a batch of samples: text-prompted models read ``text``, the
+    box-prompted reference reads boxes of the ground truth (``label``)."""
+    from stage2_segment.modeling.box_reference import BoxPromptedSAM, boxes_from_labels
+
+    inputs = batch["inputs"].to(device)
+    if isinstance(model, BoxPromptedSAM):
+        return model(inputs, boxes_from_labels(batch["label"], model.num_targets))
+    text = batch.get("text")
+    return model(inputs, None if text is None else text.to(device))
+
+
 class SliceDataset(Dataset):
     def __init__(
         self,

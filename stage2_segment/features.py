@@ -42,7 +42,8 @@ class FeatureCache:
         self.cases, self.encoder, self.early = cases, encoder, early
         # On CPU one image at a time is fastest (1.33 s vs 1.80 s per image at batch 8, 2 cores); GPUs want batches.
         self.device, self.batch_size = device, batch_size or (1 if device == "cpu" else 8)
-        name = f"{encoder.name}-early{encoder.in_channels}" if early else encoder.name
+        # "colours": each modality has its own pretrained colour kernel (`early_fusion_kernels`)
+        name = f"{encoder.name}-early{encoder.in_channels}-colours" if early else encoder.name
         self.folder = root or features_dir(cases.dataset.name, f"{name}-{cases.image_size}px")
 
     def path(self, case_id: str) -> Path:

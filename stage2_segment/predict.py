@@ -25,13 +25,14 @@ from shared.cases import CaseCache, CaseMeta
 from shared.errors import ZeusError
 from shared.manifest import Dataset
 from shared.workspace import slug
-from stage2_segment.config import TrainConfig
-from stage2_segment.data import SliceDataset
+from stage2_segment.config import BOX_REFERENCE, TrainConfig
+from stage2_segment.data import SliceDataset, forward_batch
 from stage2_segment.features import FeatureCache, feature_cache
 from stage2_segment.instructions import InstructionTable
+from stage2_segment.modeling.box_reference import BoxPromptedSAM
 from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
 from stage2_segment.modeling.unet import UNetBaseline
-from stage2_segment.runs import BEST, RunFolder, mixed_precision, pick_device
+from stage2_segment.runs import BEST, RunFolder, load_checkpoint, mixed_precision, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +53,29 @@ class Predictor:
                 f"{run_dir} is not a finished run: expected {run.config_json.name} and {weights.relative_to(run_dir)}"
             )
         device = pick_device()
-        state = torch.load(weights, map_location=device, weights_only=False)
+        state = load_checkpoint(weights, device)
         config = TrainConfig.from_json(state["config"])
         dataset = run.read_info().open_dataset(root)
         manifest = dataset.manifest
-        if state["segmenter"] is None:
+        # The checkpoint holds every weight (positional encodings included): no pretrained load before it.
+        if config.model == "unet":
             model: torch.nn.Module = UNetBaseline(len(manifest.modalities), len(manifest.targets))
-        else:  # the checkpoint holds every weight (positional encoding included): skip the pretrained load
+        elif config.model == BOX_REFERENCE:
+            reference = manifest.modality_names.index(manifest.reference_modality)
+            model = BoxPromptedSAM(len(manifest.targets), reference, pretrained=False)
+        else:
             model = ZeusSegmenter(replace(SegmenterConfig(**state["segmenter"]), pretrained=False))
         model.load_state_dict(state["model"], strict=True)
         log.info("loaded %s (epoch %d, best validation Dice %.4f)", weights, state["epoch"], state["best_dice"])
         return cls(run, dataset, config, model.to(device).eval(), device)
 
     @property
-    def uses_features(self) -> bool:
-        return self.config.model == "zeus"
+    def needs_ground_truth(self) -> bool:
+        """The box-prompted reference takes its boxes from the ground truth: it cannot segment new scans."""
+        return self.config.model == BOX_REFERENCE
 
     def features(self, cases: CaseCache) -> FeatureCache | None:
-        return feature_cache(self.config, cases, self.device) if self.uses_features else None
+        return feature_cache(self.config, cases, self.device) if self.config.uses_features else None
 
     def instructions(self, dataset: Dataset) -> InstructionTable | None:
         return InstructionTable(dataset.manifest, self.config.tag) if self.config.tag else None
@@ -86,13 +92,12 @@ class Predictor:
         """Softmax probabilities, float32 ``[T + 1, Z, S, S]``, of one prepared case."""
         if features is not None:
             features.ensure([case_id], progress=False)
-        slices = SliceDataset([case_id], cases, features, instructions, with_labels=False)
+        slices = SliceDataset([case_id], cases, features, instructions, with_labels=self.needs_ground_truth)
         autocast = mixed_precision(self.device)
         out = []
         for batch in DataLoader(slices, batch_size=batch_size, shuffle=False):
-            text = batch["text"].to(self.device) if "text" in batch else None
             with autocast:
-                logits = self.model(batch["inputs"].to(self.device), text)
+                logits = forward_batch(self.model, batch, self.device)
             out.append(torch.softmax(logits.float(), dim=1).cpu())
         return torch.cat(out).permute(1, 0, 2, 3).numpy()
 

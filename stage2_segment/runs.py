@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pickle
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +26,8 @@ from typing import Any
 
 import torch
 
-from shared.atomic import write_json
+from shared.atomic import atomic_path, write_json
+from shared.errors import ZeusError
 from shared.manifest import Dataset, Manifest, manifest_from_json, resolve_dataset
 from shared.workspace import runs_dir
 from stage2_segment.config import TrainConfig
@@ -48,6 +50,42 @@ def pick_device() -> torch.device:
 def mixed_precision(device: torch.device) -> AbstractContextManager:
     """bf16 autocast on CUDA; fp32 (no autocast) on CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+# -- checkpoints --------------------------------------------------------------------------------------------
+
+CHECKPOINT_KEYS = ("model", "config", "segmenter", "epoch", "best_dice")
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomically; ``state`` must be plain data (tensors, numbers, strings, lists, tuples, dicts) so that
+    ``load_checkpoint`` can read it back without unpickling any object."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint as plain data (``weights_only=True``: nothing in the file can run code), or a ``ZeusError``
+    naming the file when it is missing, damaged, not plain data, or not a Zeus checkpoint."""
+    if not path.is_file():
+        raise ZeusError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ZeusError(
+            f"refusing to load {path}: it is not plain data (tensors, numbers, strings), so loading it could run "
+            f"code ({reason[:200]}). Use checkpoints written by `zeus train`, or retrain."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ZeusError(
+            f"cannot read checkpoint {path} (truncated or not a torch file?): {type(e).__name__}: {str(e)[:200]}. "
+            "Delete it and retrain, or resume from another checkpoint."
+        ) from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ZeusError(f"{path} is not a Zeus checkpoint: it lacks {missing}")
+    return state
 
 
 # -- records ------------------------------------------------------------------------------------------------
@@ -219,7 +257,7 @@ class EvaluationFolder:
     def read_summary(self) -> EvaluationSummary | None:
         if not self.summary_json.is_file():
             return None
-        return EvaluationSummary.from_json(json.loads(self.summary_json.read_text(encoding="utf-8")))
+        return _parse(self.summary_json, lambda text: EvaluationSummary.from_json(json.loads(text)))
 
 
 class RunFolder:
@@ -259,7 +297,7 @@ class RunFolder:
         write_json(self.config_json, info.to_json())
 
     def read_info(self) -> RunInfo:
-        return RunInfo.from_json(json.loads(self.config_json.read_text(encoding="utf-8")))
+        return _parse(self.config_json, lambda text: RunInfo.from_json(json.loads(text)))
 
     def append_log(self, row: dict[str, Any]) -> None:
         """One epoch's row of ``log.csv`` (the header is written with the first row)."""
@@ -274,13 +312,29 @@ class RunFolder:
         """``log.csv`` rows as numbers (None where a value is empty, e.g. no validation Dice)."""
         if not self.log_csv.is_file():
             return []
-        with self.log_csv.open(encoding="utf-8", newline="") as f:
-            return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in csv.DictReader(f)]
+        return _parse(self.log_csv, _log_rows)
 
     def needs_evaluation(self, split: str = EVALUATED_SPLIT) -> bool:
         """A finished run whose evaluation is missing or older than its best checkpoint."""
         best, summary = self.checkpoint(BEST), self.evaluation(split).summary_json
         return best.is_file() and (not summary.is_file() or summary.stat().st_mtime < best.stat().st_mtime)
+
+
+def _log_rows(text: str) -> list[dict[str, float | None]]:
+    rows = []
+    for number, row in enumerate(csv.DictReader(text.splitlines()), start=2):
+        if None in row or None in row.values():
+            raise ValueError(f"line {number} has {'more' if None in row else 'fewer'} fields than the header")
+        rows.append({k: (float(v) if v != "" else None) for k, v in row.items()})
+    return rows
+
+
+def _parse(path: Path, parse):
+    """``parse(text of path)``; a damaged file (cut short, edited by hand) is a ``ZeusError`` naming it."""
+    try:
+        return parse(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ZeusError(f"{path} is damaged ({type(e).__name__}: {str(e)[:160]})") from None
 
 
 def list_runs(dataset: str) -> list[RunFolder]:

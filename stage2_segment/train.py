@@ -26,23 +26,36 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from shared.atomic import atomic_path
 from shared.cases import CaseCache
 from shared.errors import DataError, ZeusError
 from shared.manifest import Dataset
 from shared.provenance import git_revision, package_versions
 from shared.splits import ensure_splits
-from stage2_segment.config import TrainConfig
-from stage2_segment.data import SliceDataset
+from stage2_segment.config import BOX_REFERENCE, TrainConfig
+from stage2_segment.data import SliceDataset, forward_batch
 from stage2_segment.features import FeatureCache, feature_cache
 from stage2_segment.instructions import InstructionTable
 from stage2_segment.losses import union_loss
 from stage2_segment.metrics import VolumeOverlap
+from stage2_segment.modeling.box_reference import BoxPromptedSAM
 from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
 from stage2_segment.modeling.unet import UNetBaseline
-from stage2_segment.runs import BEST, LAST, RunFolder, RunInfo, TrainResult, mixed_precision, pick_device
+from stage2_segment.runs import (
+    BEST,
+    LAST,
+    RunFolder,
+    RunInfo,
+    TrainResult,
+    load_checkpoint,
+    mixed_precision,
+    pick_device,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
+
+# Settings that do not change what a run computes: a resumed run may use others.
+RESUME_MAY_CHANGE = frozenset({"num_workers"})
 
 
 @dataclass
@@ -102,7 +115,7 @@ def prepare_training_data(
         raise DataError(summary.problems)
     splits = ensure_splits(dataset.name, cases.cached_case_ids())
     train_ids, val_ids = (list(ids) for ids in splits.fold(config.fold))
-    features = feature_cache(config, cases, device) if config.model == "zeus" else None
+    features = feature_cache(config, cases, device) if config.uses_features else None
     if features is not None and distributed.main:
         features.ensure(train_ids + val_ids, progress=progress)
     distributed.barrier()
@@ -168,13 +181,14 @@ class Trainer:
             if self.dist.world_size > 1
             else self.model
         )
-        self.optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
-        )
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.steps_per_epoch = math.ceil(self._epoch_size() / (config.batch_size * self.dist.world_size))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(config.warmup_steps, self.steps_per_epoch * config.epochs)
-        )
+        self.optimizer = self.scheduler = None  # the box-prompted reference has nothing to train
+        if trainable:
+            self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, warmup_cosine(config.warmup_steps, self.steps_per_epoch * config.epochs)
+            )
         self.epoch, self.best_dice, self.stale_epochs = 0, -1.0, 0
 
     @property
@@ -185,6 +199,8 @@ class Trainer:
         manifest = self.dataset.manifest
         if self.config.model == "unet":
             return UNetBaseline(len(manifest.modalities), len(manifest.targets))
+        if self.config.model == BOX_REFERENCE:
+            return BoxPromptedSAM(len(manifest.targets), manifest.modality_names.index(manifest.reference_modality))
         segmenter = SegmenterConfig(
             fusion=self.config.fusion,
             num_modalities=len(manifest.modalities),
@@ -200,40 +216,59 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "epoch": self.epoch,
             "best_dice": self.best_dice,
             "stale_epochs": self.stale_epochs,
             "config": self.config.to_json(),
+            "schedule": self._schedule(),
             "segmenter": asdict(self.model.config) if isinstance(self.model, ZeusSegmenter) else None,
-            "rng": {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "rng": _rng_state(),
         }
 
     def save(self, name: str) -> None:
-        with atomic_path(self.run.checkpoint(name)) as tmp:
-            torch.save(self.state(), tmp)
+        save_checkpoint(self.run.checkpoint(name), self.state())
 
     def resume(self) -> None:
         path = self.run.checkpoint(LAST)
         if not path.is_file():
             raise ZeusError(f"nothing to resume: {path} does not exist")
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = load_checkpoint(path, self.device)
+        self._check_resumable(state, path)
         self.model.load_state_dict(state["model"], strict=True)
+        if self.optimizer is None:
+            raise ZeusError(f"{path}: {self.config.model} has nothing to train, so nothing to resume")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best_dice, self.stale_epochs = state["epoch"], state["best_dice"], state["stale_epochs"]
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        _set_rng_state(state["rng"])
         log.info("resumed %s at epoch %d", path, self.epoch)
+
+    def _schedule(self) -> dict[str, int]:
+        """What fixes the learning-rate schedule: a resumed run must have the same."""
+        total = self.steps_per_epoch * self.config.epochs
+        return {"steps_per_epoch": self.steps_per_epoch, "total_steps": total, "warmup_steps": self.config.warmup_steps}
+
+    def _check_resumable(self, state: dict[str, Any], path: Path) -> None:
+        """Resuming continues the stored run exactly, or not at all: any other setting is refused by name."""
+        stored = TrainConfig.from_json(state["config"]).to_json()
+        current = self.config.to_json()
+        changed = [k for k in current if k not in RESUME_MAY_CHANGE and stored.get(k) != current[k]]
+        if changed:
+            settings = "; ".join(
+                f"--{k.replace('_', '-')}: the run has {stored.get(k)!r}, now {current[k]!r}" for k in changed
+            )
+            raise ZeusError(
+                f"cannot resume {path} with other settings ({settings}): resume with the run's settings, "
+                "or start a new run with --run-name"
+            )
+        schedule = state.get("schedule")
+        if schedule is not None and schedule != self._schedule():
+            raise ZeusError(
+                f"cannot resume {path}: its schedule {schedule} differs from this command's {self._schedule()} "
+                "(the training cases changed?): start a new run with --run-name"
+            )
 
     # -- loop -----------------------------------------------------------------------------------------------
 
@@ -248,13 +283,16 @@ class Trainer:
             self.run.path.mkdir(parents=True, exist_ok=True)
             self.run.write_info(self._run_info())
             log.info("parameters: %s", self.model.parameter_counts())
+        if self.optimizer is None:
+            return self._fit_reference()
         while self.epoch < cfg.epochs:
             start = time.perf_counter()
             train_loss = self._train_epoch()
             self.epoch += 1
             dice = self._broadcast(self.validate() if self.dist.main else np.zeros(len(self.dataset.manifest.targets)))
             mean_dice = float(np.nanmean(dice)) if np.isfinite(dice).any() else 0.0
-            improved = mean_dice > self.best_dice
+            # Without validation cases nothing tells epochs apart: best.pt is the latest, not the first.
+            improved = mean_dice > self.best_dice or self.val_set is None
             self.best_dice, self.stale_epochs = (mean_dice, 0) if improved else (self.best_dice, self.stale_epochs + 1)
             if self.dist.main:
                 self.save(LAST)
@@ -266,6 +304,18 @@ class Trainer:
                 break
         self.dist.barrier()
         return TrainResult(self.epoch, self.best_dice, self.run_dir)
+
+    def _fit_reference(self) -> TrainResult:
+        """A model with nothing to train (the box-prompted reference): validate once, write its checkpoints."""
+        start = time.perf_counter()
+        dice = self._broadcast(self.validate() if self.dist.main else np.zeros(len(self.dataset.manifest.targets)))
+        self.best_dice = float(np.nanmean(dice)) if np.isfinite(dice).any() else float("nan")
+        if self.dist.main:
+            self.save(LAST)
+            self.save(BEST)
+            self._log(float("nan"), dice, time.perf_counter() - start)
+        self.dist.barrier()
+        return TrainResult(0, self.best_dice, self.run_dir)
 
     def _epoch_size(self) -> int:
         return min(len(self.train_set), self.config.slices_per_epoch or len(self.train_set))
@@ -315,7 +365,7 @@ class Trainer:
         for batch in DataLoader(self.val_set, batch_size=self.config.batch_size, shuffle=False):
             case_ids = [self.val_set.case_of(int(i)) for i in batch["index"]]
             with self.autocast:
-                logits = self.model(batch["inputs"].to(self.device), _to(batch.get("text"), self.device))
+                logits = forward_batch(self.model, batch, self.device)
             overlap.update(case_ids, logits.argmax(dim=1).cpu(), batch["label"])
         return overlap.mean_dice_per_class()
 
@@ -345,7 +395,7 @@ class Trainer:
             "train_loss": round(train_loss, 6),
             "val_dice": round(float(np.nanmean(dice)), 6) if np.isfinite(dice).any() else "",
             **{f"dice_{t}": ("" if np.isnan(d) else round(float(d), 6)) for t, d in zip(targets, dice, strict=True)},
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": self.scheduler.get_last_lr()[0] if self.scheduler else 0.0,
             "seconds": round(seconds, 2),
         }
         self.run.append_log(row)
@@ -361,8 +411,32 @@ class Trainer:
         return tensor.cpu().numpy()
 
 
-def _to(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if tensor is None else tensor.to(device)
+def _rng_state() -> dict[str, Any]:
+    """Every RNG's state as plain data (numpy's key array as a tensor), so checkpoints load with weights_only."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(rng: dict[str, Any]) -> None:
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = rng["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["bit_generator"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(rng["torch"].cpu())
+    if rng["cuda"]:
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
 
 
 def _tensorboard(folder: Path, row: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -19,7 +20,8 @@ from stage2_segment.cli import train as train_command
 
 
 class _UserErrors(TyperGroup):
-    """Print a ``ZeusError`` as a plain message (no traceback) and exit non-zero."""
+    """Print a ``ZeusError`` (or a file-system error: full disk, no permission, a file where a folder belongs)
+    as a plain message naming the file, without a traceback, and exit non-zero."""
 
     def invoke(self, ctx: typer.Context):
         try:
@@ -32,6 +34,22 @@ class _UserErrors(TyperGroup):
         except ZeusError as e:
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(2) from None
+        except OSError as e:
+            typer.secho(f"error: {_describe_os_error(e)}", fg="red", err=True)
+            raise typer.Exit(3) from None
+
+
+def _describe_os_error(e: OSError) -> str:
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None) or "a file"
+    advice = {
+        errno.ENOSPC: "free some disk space (or set ZEUS_HOME to a larger disk) and rerun: finished files are kept",
+        errno.EACCES: "check the permissions, or choose another folder",
+        errno.EROFS: "the file system is read-only: choose another folder (or ZEUS_HOME)",
+        errno.ENOTDIR: "a file stands where a folder is needed (is ZEUS_HOME or an output path a file?)",
+        errno.EEXIST: "a file stands where a folder is needed (is ZEUS_HOME or an output path a file?)",
+        errno.EISDIR: "a folder stands where a file is needed: give a file path",
+    }.get(e.errno or 0, "check the path and rerun")
+    return f"{e.strerror or e}: {where}; {advice}"
 
 
 app = typer.Typer(
@@ -105,7 +123,9 @@ def data_fingerprint(
     from shared.atomic import write_json
     from shared.fingerprint import fingerprint_dataset
     from shared.manifest import resolve_dataset
+    from shared.paths import output_file
 
+    output_file(json_out, "--json")
     fingerprint = fingerprint_dataset(resolve_dataset(dataset, root), case)
     write_json(json_out, fingerprint)
     typer.echo(f"{len(fingerprint['cases'])} case(s) -> {json_out}")
@@ -171,8 +191,10 @@ def predict(
     root: Annotated[Path | None, typer.Option("--root", help="Where the run's dataset is now.")] = None,
 ) -> None:
     """Segment a new scan: stage-1 instructions for it (cached), then the run's model; NIfTI on the scan's grid."""
+    from shared.paths import output_folder
     from zeus.pipeline import predict_scan
 
+    output_folder(output, "--output")
     written = predict_scan(run, input, output, case_id=case_id, root=root, probability_maps=probabilities)
     for path in written:
         typer.echo(f"wrote {path}")
@@ -196,15 +218,22 @@ def report(
     from zeus.report.browser import screenshot as take_screenshot
     from zeus.report.build import build_reports
 
+    failed = []
     if evaluate_first:
         for run in [run for name in dataset or datasets_with_runs() for run in pending_evaluations(name)]:
             typer.echo(f"evaluating {run.path}")
-            evaluate_run(run.path)
+            try:
+                evaluate_run(run.path)
+            except ZeusError as e:  # one bad run folder must not keep the others out of the report
+                typer.secho(f"error: not evaluated: {e}", fg="red", err=True)
+                failed.append(run.path)
     for html in build_reports(dataset, out):
         typer.echo(f"report: {html.with_suffix('.md')}")
         typer.echo(f"report: {html}")
         if screenshot:
             typer.echo(f"screenshot: {take_screenshot(html, html.with_name('report.png'))}")
+    if failed:
+        raise ZeusError(f"{len(failed)} run(s) could not be evaluated (see above): {', '.join(map(str, failed))}")
 
 
 def main() -> None:

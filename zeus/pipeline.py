@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from shared.cases import CaseCache
+from shared.errors import ZeusError
 from shared.instructions import InstructionStore
 from shared.manifest import Dataset
 from shared.readers.scan import scan_sources
@@ -36,6 +37,11 @@ def predict_scan(
 ) -> list[Path]:
     """Segment one scan (any form ``scan_sources`` reads) with a trained run; returns the files written."""
     predictor = Predictor.from_run(run, root=root)
+    if predictor.needs_ground_truth:
+        raise ZeusError(
+            f"{run} is the {predictor.config.model} reference: it is prompted with ground-truth boxes, so it can be "
+            "evaluated (`zeus evaluate --run`) but cannot segment a new scan"
+        )
     scans = scans_dataset(predictor.dataset)
     cases = CaseCache(scans, predictor.config.image_size)
     meta = cases.prepare_sources(scan_sources(predictor.dataset.manifest, list(inputs), case_id))

@@ -93,6 +93,7 @@ def read_image_file(path: Path, case_id: str) -> sitk.Image:
         raise DataError.single(case_id, "file is missing", path)
     if path.name.lower().endswith((".nii", ".nii.gz")):
         _check_nifti_complete(path, case_id)
+        _check_nifti_finite(path, case_id)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
@@ -109,6 +110,32 @@ def check_label_values(array: np.ndarray, allowed: set[int], case_id: str, file:
         raise DataError.single(
             case_id, f"label values {unknown} are not in the manifest (expected a subset of {sorted(allowed)})", file
         )
+
+
+def non_finite_problem(array: np.ndarray, case_id: str, modality: str, file: Path | None) -> Problem | None:
+    """A problem when a volume holds NaN or infinite voxels (they would silently become 0 or rescale a channel)."""
+    nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+    if not nan and not inf:
+        return None
+    share = 100 * (nan + inf) / max(1, array.size)
+    what = f"modality {modality!r}" if modality else "the image"
+    return Problem(
+        case_id,
+        f"{what} has {nan} NaN and {inf} infinite voxel(s) ({share:.2g} % of the volume): "
+        "fix or replace the file (Zeus does not guess values for them)",
+        file,
+    )
+
+
+def _check_nifti_finite(path: Path, case_id: str) -> None:
+    """ITK's NIfTI reader turns NaN and infinite voxels into 0 without a word: look at float data with nibabel."""
+    image = nib.load(path)
+    if not np.issubdtype(image.header.get_data_dtype(), np.floating):
+        return
+    data = np.asanyarray(image.dataobj)
+    problem = non_finite_problem(data, case_id, "", path)
+    if problem:
+        raise DataError([problem])
 
 
 def _check_nifti_complete(path: Path, case_id: str) -> None:

@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from shared.errors import DataError, Problem, ZeusError
 from shared.geometry import Geometry
 from shared.manifest import Manifest
+from shared.paths import check_case_id, inside
 from shared.readers.base import CaseSources, LabelSource, natural_key, visible_files
 
 
@@ -152,7 +153,8 @@ class ChaosLayout:
         return any((p / first).parent.is_dir() for p in folder.iterdir() if p.is_dir())
 
     def case_ids(self) -> list[str]:
-        return [p.name for p in sorted(self.patients.iterdir(), key=natural_key) if p.is_dir()]
+        folders = [p for p in sorted(self.patients.iterdir(), key=natural_key) if p.is_dir()]
+        return [check_case_id(inside(self.patients, p, "patient folder").name, p) for p in folders]
 
     def sources(self, case_id: str) -> CaseSources:
         patient = self.patients / case_id

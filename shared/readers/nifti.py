@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import SimpleITK as sitk
 
 from shared.errors import DataError, Problem, ZeusError
 from shared.manifest import Manifest
+from shared.paths import check_case_id, inside
 from shared.readers.base import CaseSources, LabelSource, read_image_file, visible_files
 
 
@@ -83,6 +86,17 @@ def _strip(name: str, ending: str) -> str:
     return name[: -len(ending)] if name.endswith(ending) else name
 
 
+def _read_listing(listing: Path) -> list[Any]:
+    """The ``training`` list of an MSD dataset.json (empty when it has none)."""
+    try:
+        training = json.loads(listing.read_text(encoding="utf-8")).get("training", [])
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ZeusError(f"{listing} is not a valid dataset.json (a JSON object): {e}") from None
+    if not isinstance(training, list):
+        raise ZeusError(f"{listing}: 'training' must be a list of {{'image', 'label'}} entries, found {training!r}")
+    return training
+
+
 class MsdLayout:
     """``dataset.json`` + ``imagesTr/CASE.nii.gz`` (4-D) + ``labelsTr/CASE.nii.gz``."""
 
@@ -91,26 +105,43 @@ class MsdLayout:
         self._entries = self._training_entries()
 
     def _training_entries(self) -> dict[str, tuple[Path, Path | None]]:
-        ending = self.manifest.file_ending
         listing = self.root / "dataset.json"
-        if listing.is_file():
-            try:
-                training = json.loads(listing.read_text(encoding="utf-8")).get("training", [])
-            except json.JSONDecodeError as e:
-                raise ZeusError(f"{listing} is not valid JSON: {e}") from None
-            entries = {}
-            for item in training:
-                image = self.root / item["image"]
-                label = self.root / item["label"] if item.get("label") else None
-                entries[_strip(image.name, ending)] = (image, label)
-            if entries:
-                return entries
+        training = _read_listing(listing) if listing.is_file() else []
+        if training:
+            return self._listed(training, listing)
         images_dir = self.root / "imagesTr"
         if not images_dir.is_dir():
             raise ZeusError(f"{self.root}: expected an MSD folder with imagesTr/ and labelsTr/, found no imagesTr/")
-        return {
-            _strip(p.name, ending): (p, self.root / "labelsTr" / p.name) for p in visible_files(images_dir, (ending,))
-        }
+        entries = {}
+        for path in visible_files(images_dir, (self.manifest.file_ending,)):
+            case_id = check_case_id(_strip(path.name, self.manifest.file_ending), path)
+            entries[case_id] = (inside(self.root, path, "image"), self.root / "labelsTr" / path.name)
+        return entries
+
+    def _listed(self, training: list[Any], listing: Path) -> dict[str, tuple[Path, Path | None]]:
+        """The ``training`` entries of dataset.json, each path confined to the dataset folder."""
+        entries: dict[str, tuple[Path, Path | None]] = {}
+        for i, item in enumerate(training):
+            if not isinstance(item, dict) or not isinstance(item.get("image"), str):
+                raise ZeusError(
+                    f"{listing}: training entry {i} must be an object with an 'image' path "
+                    f'(like {{"image": "./imagesTr/case.nii.gz", "label": "./labelsTr/case.nii.gz"}}), found {item!r}'
+                )
+            if item.get("label") is not None and not isinstance(item["label"], str):
+                raise ZeusError(f"{listing}: training entry {i} has a 'label' that is not a path: {item['label']!r}")
+            image = inside(self.root, self.root / item["image"], f"{listing.name} training entry {i} image")
+            label = item.get("label")
+            label_path = (
+                inside(self.root, self.root / label, f"{listing.name} training entry {i} label") if label else None
+            )
+            case_id = check_case_id(_strip(image.name, self.manifest.file_ending), f"{listing}, training entry {i}")
+            if case_id in entries:
+                raise ZeusError(
+                    f"{listing}: training entries {entries[case_id][0]} and {image} have the same file name, so the "
+                    f"same case id {case_id!r}: rename one"
+                )
+            entries[case_id] = (image, label_path)
+        return entries
 
     def case_ids(self) -> list[str]:
         return list(self._entries)
@@ -138,8 +169,15 @@ class NnUNetLayout:
 
     def case_ids(self) -> list[str]:
         ending = self.manifest.file_ending
-        stems = {_strip(p.name, ending)[:-5] for p in visible_files(self.images_dir, (ending,))}
-        return sorted(stems)
+        files = visible_files(self.images_dir, (ending,))
+        misfits = [p for p in files if not re.fullmatch(r".+_\d{4}", _strip(p.name, ending))]
+        if misfits:
+            raise DataError(
+                [Problem("-", f"not an nnU-Net channel file CASE_XXXX{ending}: move or rename it", p) for p in misfits]
+            )
+        for path in files:
+            inside(self.root, path, "image")
+        return sorted({check_case_id(_strip(p.name, ending)[:-5], p) for p in files})
 
     def sources(self, case_id: str) -> CaseSources:
         images = {m.name: NiftiVolume(case_id, self._path(case_id, m.channel)) for m in self.manifest.modalities}

@@ -20,6 +20,7 @@ import nibabel as nib
 
 from shared.errors import ZeusError
 from shared.manifest import Manifest
+from shared.paths import check_case_id
 from shared.readers.base import IMAGE_ENDINGS, CaseSources, VolumeSource, image_stem
 from shared.readers.chaos import ChaosLayout, DicomSeries
 from shared.readers.nifti import Nifti4D, NiftiVolume
@@ -28,7 +29,16 @@ NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii(\
 
 
 def scan_sources(manifest: Manifest, inputs: list[str], case_id: str | None = None) -> CaseSources:
-    """The image sources of one new scan; a mismatch with the manifest's modalities is a ``ZeusError``."""
+    """The image sources of one new scan; a mismatch with the manifest's modalities is a ``ZeusError``, and so is
+    a case id (``case_id``, or taken from the file name) that is not a safe file name."""
+    if case_id is not None:
+        check_case_id(case_id, "--case-id")
+    sources = _sources(manifest, inputs, case_id)
+    check_case_id(sources.case_id, "the scan's file name: pass --case-id")
+    return sources
+
+
+def _sources(manifest: Manifest, inputs: list[str], case_id: str | None) -> CaseSources:
     if not inputs:
         raise ZeusError("no --input given: pass the scan (a file, per-modality files, or a folder)")
     if all("=" in item for item in inputs):
@@ -75,7 +85,10 @@ def _volume(case_id: str, path: Path) -> VolumeSource:
 def _four_d(manifest: Manifest, path: Path, case_id: str | None) -> CaseSources:
     if not path.name.lower().endswith((".nii", ".nii.gz")):
         raise ZeusError(f"{path}: a single input must be a 4-D NIfTI with one channel per modality, or a folder")
-    shape = nib.load(path).header.get_data_shape()
+    try:
+        shape = nib.load(path).header.get_data_shape()
+    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as e:
+        raise ZeusError(f"--input {path} cannot be read as NIfTI (not an image, or damaged?): {e}") from None
     channels = shape[3] if len(shape) == 4 else 1
     if channels != len(manifest.modalities):
         raise ZeusError(

@@ -45,17 +45,29 @@ def build_tiny_vit(pretrained: bool = True) -> nn.Module:
     return encoder
 
 
-def adapt_input_channels(encoder: nn.Module, channels: int) -> nn.Module:
-    """Early fusion: let TinyViT take ``channels`` stacked modalities instead of RGB.
+def early_fusion_kernels(rgb: torch.Tensor, channels: int) -> torch.Tensor:
+    """``out x 3 x k x k`` pretrained RGB kernels -> ``out x channels x k x k``, one per modality.
 
-    The first convolution's RGB kernels are summed (a grey slice repeated to RGB sees exactly that sum) and
-    shared equally by the new channels: identical modalities give exactly the pretrained embedding.
+    Each modality gets its own pretrained colour kernel(s), so the modalities stay distinguishable (a false-
+    colour image, not their mean): with 3 modalities, modality c is colour c; with fewer, colour j goes to
+    modality ``j % channels``; with more, modality c shares colour ``c % 3`` with the others mapped to it. The
+    kernels of every colour always add up to the RGB sum, so identical modalities (a grey slice) give
+    exactly the pretrained embedding.
     """
+    out = torch.zeros(rgb.shape[0], channels, *rgb.shape[2:], dtype=rgb.dtype)
+    for colour in range(3):
+        mapped = [c for c in range(channels) if c % 3 == colour] if channels >= 3 else [colour % channels]
+        for c in mapped:
+            out[:, c] += rgb[:, colour] / len(mapped)
+    return out
+
+
+def adapt_input_channels(encoder: nn.Module, channels: int) -> nn.Module:
+    """Early fusion: let TinyViT take ``channels`` stacked modalities instead of RGB (``early_fusion_kernels``)."""
     conv = encoder.patch_embed.seq[0].c
-    grey = conv.weight.detach().sum(dim=1, keepdim=True)  # out x 1 x k x k
     adapted = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
     with torch.no_grad():
-        adapted.weight.copy_(grey.expand(-1, channels, -1, -1) / channels)
+        adapted.weight.copy_(early_fusion_kernels(conv.weight.detach(), channels))
     encoder.patch_embed.seq[0].c = adapted
     return encoder
 

@@ -55,6 +55,12 @@ class ZeusSegmenter(nn.Module):
         self.prompt_encoder = build_prompt_encoder(config.pretrained)
         self.prompt_encoder.requires_grad_(False)  # only its positional encoding and "no mask" embedding are used
         self.mask_decoder = build_mask_decoder(config.pretrained)
+        # One mask per prompt (multimask_output=False) uses mask token 0 only: the IoU head and the other
+        # three hypernetwork MLPs never get a gradient. Frozen, they are neither trained nor synchronised
+        # (DDP would wait for their gradients forever).
+        self.mask_decoder.iou_prediction_head.requires_grad_(False)
+        for mlp in self.mask_decoder.output_hypernetworks_mlps[1:]:
+            mlp.requires_grad_(False)
         if config.use_text:
             self.text_prompt = TextPromptProjector(config.text_dim, config.num_tokens)
         else:

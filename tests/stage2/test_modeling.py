@@ -103,3 +103,27 @@ def test_sam_vit_b_encoder_from_a_checkpoint_file(tmp_path):
         FrozenImageEncoder.build("sam-vit-b")
     with pytest.raises(ZeusError, match="early fusion"):
         FrozenImageEncoder.build("sam-vit-b", checkpoint, early_channels=3)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4, 5])
+def test_early_fusion_kernels_keep_grey_and_separate_the_modalities(channels):
+    from stage2_segment.modeling.encoders import early_fusion_kernels
+
+    rgb = torch.randn(8, 3, 4, 4)
+    kernels = early_fusion_kernels(rgb, channels)
+    assert kernels.shape == (8, channels, 4, 4)
+    torch.testing.assert_close(kernels.sum(dim=1), rgb.sum(dim=1))  # a grey slice sees the pretrained sum
+    if channels > 1:
+        assert not torch.allclose(kernels[:, 0], kernels[:, 1])  # two modalities are told apart
+
+
+def test_early_fusion_embedding_depends_on_which_modality_is_which():
+    from stage2_segment.modeling.encoders import FrozenImageEncoder
+
+    torch.manual_seed(0)
+    early, plain = FrozenImageEncoder.early_fusion(3), FrozenImageEncoder()
+    slices = torch.rand(1, 3, 256, 256)
+    swapped = slices[:, [1, 0, 2]]
+    assert (early(slices) - early(swapped)).abs().max() > 1e-2
+    grey = torch.rand(1, 1, 256, 256)
+    torch.testing.assert_close(early(grey.expand(-1, 3, -1, -1)), plain(grey), rtol=1e-4, atol=1e-4)

@@ -20,15 +20,17 @@ import numpy as np
 
 from shared.cases import CaseCache
 from shared.errors import ZeusError
+from shared.paths import inside
 from shared.provenance import git_revision
 from shared.workspace import runs_dir, slug, zeus_home
+from stage2_segment.config import BOX_REFERENCE
 from stage2_segment.evaluate import format_number, format_stats
 from stage2_segment.features import encoder_costs
 from stage2_segment.instructions import InstructionTable
 from stage2_segment.metrics import score_masks
 from stage2_segment.runs import EVALUATED_SPLIT, datasets_with_runs
 from zeus.report import figures
-from zeus.report.collect import RunRecord, collect_runs, stage_one_costs
+from zeus.report.collect import DamagedRun, RunRecord, collect_runs, stage_one_costs
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +47,14 @@ def build_reports(datasets: list[str] | None, out: Path) -> list[Path]:
 
 
 def build_report(dataset: str, folder: Path) -> Path:
-    runs = collect_runs(dataset)
+    runs, damaged = collect_runs(dataset)
     if not runs:
-        raise ZeusError(f"no runs of {dataset!r} under {runs_dir(dataset)}: train one first")
+        why = "".join(f"\n  {d.name}: {d.reason}" for d in damaged)
+        raise ZeusError(f"no readable runs of {dataset!r} under {runs_dir(dataset)}: train one first{why}")
     staging = folder.with_name(f".{folder.name}.building")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "figures").mkdir(parents=True)
-    markdown = _markdown(dataset, runs, staging)
+    markdown = _markdown(dataset, runs, damaged, staging)
     (staging / "report.md").write_text(markdown, encoding="utf-8")
     (staging / "report.html").write_text(to_html(markdown, staging, f"Zeus report: {dataset}"), encoding="utf-8")
     shutil.rmtree(folder, ignore_errors=True)
@@ -62,15 +65,16 @@ def build_report(dataset: str, folder: Path) -> Path:
 # -- Markdown -----------------------------------------------------------------------------------------------
 
 
-def _markdown(dataset: str, runs: list[RunRecord], folder: Path) -> str:
+def _markdown(dataset: str, runs: list[RunRecord], damaged: list[DamagedRun], folder: Path) -> str:
     evaluated = [r for r in runs if r.evaluation]
     manifest = runs[0].info.manifest
     targets = list(manifest.targets) if manifest else _targets_of(evaluated)
     sections = [
-        f"# Zeus report: {dataset}",
-        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from `{zeus_home().resolve()}` "
-        f"at git revision `{git_revision()}`. {len(runs)} run(s), {len(evaluated)} evaluated on the "
-        f"`{EVALUATED_SPLIT}` split.",
+        f"# Zeus report: {_text(dataset)}",
+        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from {_code(zeus_home().resolve())} "
+        f"at git revision {_code(git_revision())}. {len(runs)} run(s), {len(evaluated)} evaluated on the "
+        f"{_code(EVALUATED_SPLIT)} split.",
+        _damaged(damaged),
         _results(evaluated, targets, runs),
         _comparison(evaluated),
         _parameters(runs),
@@ -82,6 +86,15 @@ def _markdown(dataset: str, runs: list[RunRecord], folder: Path) -> str:
         "## Metric definitions\n\n" + _definitions(),
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _damaged(damaged: list[DamagedRun]) -> str:
+    if not damaged:
+        return ""
+    rows = [[d.name, d.reason] for d in damaged]
+    return "## Runs left out\n\nThese run folders have a damaged file; the report shows the others.\n\n" + _table(
+        ["Run", "why"], rows
+    )
 
 
 def _targets_of(runs: list[RunRecord]) -> list[str]:
@@ -116,7 +129,7 @@ def _results(evaluated: list[RunRecord], targets: list[str], runs: list[RunRecor
         note = "Slices where the class is in neither mask are left out."
         lines += ["### DSC per 2-D slice", note, _table(["Run", *targets], rows)]
     if missing:
-        names = ", ".join(f"`{r.name}`" for r in missing)
+        names = ", ".join(_code(r.name) for r in missing)
         lines.append(f"Not evaluated yet: {names}. Run `zeus evaluate --run <run folder>` to add them.")
     return "\n\n".join(lines)
 
@@ -130,8 +143,8 @@ def _comparison(evaluated: list[RunRecord]) -> str:
     for r in evaluated:
         fg = r.evaluation.foreground_mean["volume"]
         delta = "" if r is reference or fg["dice"] is None or ref_dice is None else f"{fg['dice'] - ref_dice:+.3f}"
-        text = "-" if r.model == "unet" else r.train.text
-        fusion = "-" if r.model == "unet" else r.train.fusion
+        text = r.train.text if r.model == "zeus" else "-"
+        fusion = r.train.fusion if r.model == "zeus" else "-"
         scores = [format_number(fg["dice"], 3), format_number(fg["iou"], 3), format_number(fg["hd95"], 1)]
         rows.append([r.label, r.role, text, fusion, *scores, delta])
     header = ["Run", "role", "text", "fusion", "DSC", "mIoU", "HD95 (mm)", f"Δ DSC vs {reference.label}"]
@@ -155,13 +168,13 @@ def _costs(dataset: str, runs: list[RunRecord]) -> str:
     for cost in stage1:
         cold, latest = cost.cold, cost.latest
         if cold is None:
-            rows.append([f"`{cost.tag}`", "no timed run", "", "", "", "", ""])
+            rows.append([_code(cost.tag), "no timed run", "", "", "", "", ""])
             continue
         rate = cold.requests / cold.seconds if cold.seconds else 0
         rerun = f"{latest.cached}/{latest.requests} cached, {latest.seconds:.1f} s" if latest else ""
         calls = "n/a" if cold.model_calls is None else str(cold.model_calls)  # n/a: logs older than the field
         counts = [str(cold.cases), str(cold.requests), calls]
-        rows.append([f"`{cost.tag}`", *counts, f"{cold.seconds:.1f} s", f"{rate:.1f}", rerun])
+        rows.append([_code(cost.tag), *counts, f"{cold.seconds:.1f} s", f"{rate:.1f}", rerun])
     if rows:
         header = ["stage-1 store", "cases", "requests", "model calls", "time", "requests/s", "latest run"]
         lines += ["### Stage 1: instructions (describe, instruct, embed)", _table(header, rows)]
@@ -208,7 +221,7 @@ def _literature(dataset: str) -> str:
         rows = [[e["target"], e["metric"], e["value"], e["protocol"], e["source"]] for e in entries]
         lines.append(_table(["target", "metric", "value", "protocol", "source"], rows))
     else:
-        lines.append(f"No checked figure for `{dataset}` is recorded yet (`zeus/report/literature.json`).")
+        lines.append(f"No checked figure for {_code(dataset)} is recorded yet (`zeus/report/literature.json`).")
     lines.append(
         "The Zeus paper (Dai et al., arXiv:2504.07336) reports DSC and mIoU for early, hybrid and late fusion on "
         "MSD-Prostate, MSD-BrainTumour and CHAOS with its own splits and models; its tables are not copied here."
@@ -224,11 +237,12 @@ def _curves(runs: list[RunRecord], folder: Path) -> str:
 def _qualitative(evaluated: list[RunRecord], folder: Path) -> str:
     if not evaluated:
         return ""
-    best = max(evaluated, key=lambda r: r.evaluation.foreground_dice or -1.0)
+    methods = [r for r in evaluated if r.model != BOX_REFERENCE] or evaluated  # the reference sees the truth
+    best = max(methods, key=lambda r: r.evaluation.foreground_dice or -1.0)
     try:
         panels_by_target = overlay_panels(best)
     except ZeusError as e:  # e.g. the preprocessed cases were deleted: the rest of the report still stands
-        return f"## Qualitative results\n\nOverlays unavailable: {e}"
+        return f"## Qualitative results\n\nOverlays unavailable: {_text(e)}"
     lines = [
         f"## Qualitative results: {best.label}",
         "Test slices per class, the largest and a smaller cross-section: ground truth (green), prediction "
@@ -237,7 +251,7 @@ def _qualitative(evaluated: list[RunRecord], folder: Path) -> str:
     for target, panels in panels_by_target.items():
         path = figures.overlays(panels, f"{best.label}: {target}", folder / "figures" / f"overlay_{slug(target)}.png")
         if path:
-            lines.append(f"![{target}](figures/{path.name})")
+            lines.append(f"![{_text(target)}](figures/{path.name})")
     return "\n\n".join(lines)
 
 
@@ -263,12 +277,20 @@ def overlay_panels(run: RunRecord, per_target: int = 2) -> dict[str, list[figure
         for _, case_id, z in chosen:
             image, truth, prediction = loaded[case_id]
             t, p = truth[z] == value, prediction[z] == value
-            text = table.text(case_id, z, reference, target) if table else "(none: this run uses learned class tokens)"
+            text = table.text(case_id, z, reference, target) if table else _no_instruction(run)
             panels.append(
                 figures.OverlayPanel(case_id, z, target, image[channel, z], t, p, text, score_masks(p, t, (1, 1)).dice)
             )
         out[target] = panels
     return out
+
+
+def _no_instruction(run: RunRecord) -> str:
+    if run.model == BOX_REFERENCE:
+        return "(none: prompted with the ground truth's box)"
+    if run.model == "unet":
+        return "(none: the U-Net has no prompt)"
+    return "(none: this run uses learned class tokens)"
 
 
 def _load_case(cases: CaseCache, path: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -295,12 +317,12 @@ def _provenance(runs: list[RunRecord]) -> str:
         rows.append(
             [
                 r.label,
-                f"`{r.folder.path}`",
-                f"`{r.config_hash}`",
-                f"`{r.info.git_revision}`",
+                _code(r.folder.path),
+                _code(r.config_hash),
+                _code(r.info.git_revision),
                 str(r.best_epoch or ""),
                 r.info.encoder or "-",
-                f"`{r.tag}`" if r.tag else "-",
+                _code(r.tag) if r.tag else "-",
                 checkpoint,
             ]
         )
@@ -322,10 +344,27 @@ def _definitions() -> str:
 # -- formatting ---------------------------------------------------------------------------------------------
 
 
+class Markdown(str):
+    """Text that is Markdown already (written here, values inside escaped): ``_table`` keeps it as it is."""
+
+
+def _text(value: object) -> str:
+    """A value from data (a label name, a case id, an error message) as literal text in Markdown."""
+    return re.sub(r"([\\`*_\[\]<>|&])", r"\\\1", str(value)).replace("\n", " ")
+
+
+def _code(value: object) -> Markdown:
+    """A value from data as an inline code span (backticks inside it cannot end the span)."""
+    return Markdown("`" + str(value).replace("`", "'").replace("\n", " ") + "`")
+
+
+def _cell(value: object) -> str:
+    return value.replace("|", "\\|") if isinstance(value, Markdown) else _text(value)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    escape = lambda cell: str(cell).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(escape(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -346,18 +385,27 @@ code { background: #f3f4f6; padding: 0 .25em; border-radius: 3px; font-size: .9e
 """
 
 
+# An inert page: no scripts, no requests; only the inlined figures and the inline stylesheet.
+CSP = (
+    '<meta http-equiv="Content-Security-Policy" '
+    "content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">"
+)
+
+
 def to_html(markdown: str, folder: Path, title: str) -> str:
     """Markdown -> one HTML file; ``figures/*.png`` referenced by the Markdown are inlined as data URIs."""
     from markdown_it import MarkdownIt
 
-    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    # Raw HTML off: whatever came from data is shown as text, never parsed as markup.
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
 
     def inline(match: re.Match) -> str:
-        data = base64.b64encode((folder / match.group(1)).read_bytes()).decode("ascii")
+        figure = inside(folder, folder / match.group(1), "figure")
+        data = base64.b64encode(figure.read_bytes()).decode("ascii")
         return f'src="data:image/png;base64,{data}"'
 
     body = re.sub(r'src="(figures/[^"]+\.png)"', inline, body)
     return (
-        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
-        f"<style>{STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n"
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n{CSP}\n'
+        f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n"
     )

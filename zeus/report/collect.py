@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 
+from shared.errors import ZeusError
 from shared.instructions import InstructionStore, RunLogEntry
-from stage2_segment.config import TrainConfig
+from stage2_segment.config import BOX_REFERENCE, TrainConfig
+from stage2_segment.modeling.box_reference import BOX_MARGIN
 from stage2_segment.runs import EVALUATED_SPLIT, EvaluationSummary, RunFolder, RunInfo, list_runs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,12 +45,19 @@ class RunRecord:
         """What the run is, in words: the model, its fusion and its text conditioning."""
         if self.model == "unet":
             return "U-Net (from scratch)"
+        if self.model == BOX_REFERENCE:
+            return "LiteMedSAM + ground-truth boxes"
         return f"Zeus {self.train.fusion} / {self.train.text}"
 
     @property
     def role(self) -> str:
         if self.model == "unet":
             return "baseline: 2-D U-Net from scratch, no SAM, no text"
+        if self.model == BOX_REFERENCE:
+            return (
+                f"reference: frozen LiteMedSAM, a ground-truth box (+{BOX_MARGIN} px) per target and slice "
+                "— uses the ground truth at test time"
+            )
         text, fusion = self.train.text, self.train.fusion
         if text == "none":
             return "ablation: no instructions (learned class tokens)"
@@ -94,12 +106,25 @@ class StageOneCost:
         return self.runs[-1] if self.runs else None
 
 
-def collect_runs(dataset: str) -> list[RunRecord]:
-    records = []
+@dataclass(frozen=True)
+class DamagedRun:
+    """A run folder the report leaves out, and why (the damaged file is named in ``reason``)."""
+
+    name: str
+    reason: str
+
+
+def collect_runs(dataset: str) -> tuple[list[RunRecord], list[DamagedRun]]:
+    """Every run of the dataset that can be read; a run with a damaged file is listed apart, not fatal."""
+    records, damaged = [], []
     for run in list_runs(dataset):
-        evaluation = run.evaluation(EVALUATED_SPLIT).read_summary()
-        records.append(RunRecord(run, run.read_info(), run.read_log(), evaluation))
-    return records
+        try:
+            evaluation = run.evaluation(EVALUATED_SPLIT).read_summary()
+            records.append(RunRecord(run, run.read_info(), run.read_log(), evaluation))
+        except ZeusError as e:
+            log.warning("report: leaving out run %s: %s", run.path, e)
+            damaged.append(DamagedRun(run.name, str(e)))
+    return records, damaged
 
 
 def stage_one_costs(dataset: str, tags: set[str]) -> list[StageOneCost]:

@@ -1,0 +1,276 @@
+"""Bad and hostile input to the data commands: each gives a clear message, a non-zero exit, no traceback,
+and nothing is read or written outside the folders it belongs to."""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from typer.testing import CliRunner
+
+from tests.factories import write_msd, write_nnunet
+from zeus.cli import app
+
+runner = CliRunner()
+
+
+def _invoke(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def _json(folder: Path) -> dict:
+    return json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+
+
+def _set_json(folder: Path, data: dict) -> None:
+    (folder / "dataset.json").write_text(json.dumps(data), encoding="utf-8")
+
+
+def _edit_json(edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    def apply(folder: Path) -> None:
+        data = _json(folder)
+        edit(data)
+        _set_json(folder, data)
+
+    return apply
+
+
+def _outside_entry(folder: Path) -> None:
+    outside = folder.parent / "outside.nii.gz"
+    shutil.copy(folder / "imagesTr" / "demo_001.nii.gz", outside)
+    data = _json(folder)
+    data["training"][0]["image"] = "../../../../../../../../" + str(outside).lstrip("/")
+    _set_json(folder, data)
+
+
+def _absolute_entry(folder: Path) -> None:
+    outside = folder.parent / "outside.nii.gz"
+    shutil.copy(folder / "imagesTr" / "demo_001.nii.gz", outside)
+    data = _json(folder)
+    data["training"][0]["image"] = str(outside)
+    _set_json(folder, data)
+
+
+def _symlink_out(folder: Path) -> None:
+    outside = folder.parent / "elsewhere.nii.gz"
+    shutil.copy(folder / "imagesTr" / "demo_001.nii.gz", outside)
+    data = _json(folder)
+    del data["training"]
+    _set_json(folder, data)
+    (folder / "imagesTr" / "demo_009.nii.gz").symlink_to(outside)
+
+
+def _dots_name(folder: Path) -> None:
+    shutil.copy(folder / "imagesTr" / "demo_001.nii.gz", folder / "imagesTr" / "...nii.gz")
+    data = _json(folder)
+    data["training"][0]["image"] = "./imagesTr/...nii.gz"  # case id ".."
+    _set_json(folder, data)
+
+
+def _same_file_name(folder: Path) -> None:
+    (folder / "other").mkdir()
+    shutil.copy(folder / "imagesTr" / "demo_001.nii.gz", folder / "other" / "demo_001.nii.gz")
+    data = _json(folder)
+    data["training"][1]["image"] = "./other/demo_001.nii.gz"
+    _set_json(folder, data)
+
+
+MSD_CASES = {
+    "modality is a list": (_edit_json(lambda d: d.update(modality=["T1", "T2"])), "'modality' must map integer"),
+    "label keys are not integers": (
+        _edit_json(lambda d: d.update(labels={"zero": "background", "one": "liver"})),
+        "'labels' must map integer",
+    ),
+    "training entry without image": (
+        _edit_json(lambda d: d["training"][0].pop("image")),
+        "training entry 0 must be an object with an 'image'",
+    ),
+    "training is a list of strings": (
+        _edit_json(lambda d: d.update(training=["imagesTr/demo_001.nii.gz"])),
+        "training entry 0 must be an object with an 'image'",
+    ),
+    "training entry climbs out of the root": (_outside_entry, "leads outside"),
+    "training entry is an absolute path": (_absolute_entry, "leads outside"),
+    "symbolic link out of the root": (_symlink_out, "leads outside"),
+    "an image named ...nii.gz": (_dots_name, "is not a safe name"),
+    "two entries with the same file name": (_same_file_name, "have the same file name"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MSD_CASES))
+def test_a_bad_msd_dataset_json_is_refused_clearly(case, tmp_path):
+    folder = write_msd(tmp_path / "data")
+    mutate, message = MSD_CASES[case]
+    mutate(folder)
+    for command in (("data", "check", folder), ("data", "prepare", folder, "--workers", "1")):
+        result = _invoke(*command)
+        assert result.exit_code != 0 and message in result.output, (command, result.output)
+    assert not list((tmp_path / "zeus_home").rglob("image.npz"))  # nothing was cached
+
+
+NNUNET_CASES = {
+    "channel keys are not integers": (
+        _edit_json(lambda d: d.update(channel_names={"first": "T1_in"})),
+        "'channel_names' must map integer",
+    ),
+    "no labels": (_edit_json(lambda d: d.pop("labels")), "needs 'labels'"),
+    "label values are not integers": (
+        _edit_json(lambda d: d.update(labels={"background": 0, "liver": "one"})),
+        "label values must be integers",
+    ),
+    "a stray file in imagesTr": (
+        lambda folder: shutil.copy(folder / "imagesTr" / "tiny_001_0000.nii.gz", folder / "imagesTr" / "readme.nii.gz"),
+        "not an nnU-Net channel file CASE_XXXX.nii.gz",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NNUNET_CASES))
+def test_a_bad_nnunet_dataset_is_refused_clearly(case, tmp_path):
+    folder = write_nnunet(tmp_path / "data")
+    mutate, message = NNUNET_CASES[case]
+    mutate(folder)
+    result = _invoke("data", "check", folder)
+    assert result.exit_code != 0 and message in result.output, result.output
+    if case == "a stray file in imagesTr":
+        assert "readme.nii.gz" in result.output
+
+
+@pytest.mark.parametrize("case", ["/abs/path/x", "../../x", "unknown"])
+def test_case_options_must_name_cases_of_the_dataset(case, tmp_path):
+    folder = write_msd(tmp_path / "data")
+    for command in ("check", "prepare", "fingerprint"):
+        extra = ("--json", tmp_path / "fp.json") if command == "fingerprint" else ()
+        result = _invoke("data", command, folder, "--case", case, *extra)
+        assert result.exit_code == 2 and f"cases [{case!r}] are not in" in result.output, result.output
+    assert not Path(f"{case}_0000.nii.gz").exists() and not (tmp_path / "fp.json").exists()
+
+
+def test_a_missing_dataset_folder_says_it_does_not_exist(tmp_path):
+    result = _invoke("data", "check", tmp_path / "no" / "such" / "folder")
+    assert result.exit_code == 2 and "does not exist" in result.output and "unknown dataset" not in result.output
+
+
+def _poison(path: Path, value: float, count: int = 5) -> None:
+    image = sitk.ReadImage(str(path), sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(image)
+    array.reshape(-1)[:count] = value
+    out = sitk.GetImageFromArray(array, isVector=False)
+    out.CopyInformation(image)
+    sitk.WriteImage(out, str(path))
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_voxels_are_reported_and_refused(value, tmp_path):
+    folder = write_nnunet(tmp_path / "data")
+    _poison(folder / "imagesTr" / "tiny_001_0001.nii.gz", value)
+    checked = _invoke("data", "check", folder)
+    assert checked.exit_code == 1 and "infinite voxel" in checked.output and "tiny_001_0001" in checked.output
+    assert ("5 NaN" if np.isnan(value) else "0 NaN and 5 infinite") in checked.output
+    prepared = _invoke("data", "prepare", folder, "--workers", "1")
+    assert prepared.exit_code == 1 and "infinite voxel" in prepared.output and "tiny_001_0001" in prepared.output
+    assert "1 built" in prepared.output  # the healthy case is prepared; the poisoned one is not
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path, monkeypatch):
+    folder = write_msd(tmp_path / "data")
+    (tmp_path / "a_folder").mkdir()
+    result = _invoke("data", "fingerprint", folder, "--json", tmp_path / "a_folder")
+    assert result.exit_code == 2 and "is a folder" in result.output
+    home_file = tmp_path / "home_is_a_file"
+    home_file.write_text("not a folder", encoding="utf-8")
+    monkeypatch.setenv("ZEUS_HOME", str(home_file))
+    result = _invoke("data", "prepare", folder, "--workers", "1")
+    assert result.exit_code == 3 and "a file stands where a folder is needed" in result.output
+    assert str(home_file) in result.output
+
+
+def test_a_full_disk_during_prepare_is_a_clear_error_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    import shared.cases
+
+    folder = write_msd(tmp_path / "data")
+
+    def full(path, **arrays):
+        Path(path).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(shared.cases, "_savez", full)
+    result = _invoke("data", "prepare", folder, "--workers", "1")
+    assert result.exit_code == 3 and "No space left on device" in result.output and "free some disk" in result.output
+    home = tmp_path / "zeus_home"
+    assert not list(home.rglob("image.npz")) and not list(home.rglob("meta.json"))
+    assert not [p for p in home.rglob("*") if p.is_file() and ".tmp" in p.name]
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("damaged", ["meta.json", "image.npz", "label.npz"])
+def test_a_damaged_cache_entry_is_detected_and_rebuilt(damaged, tmp_path):
+    folder = write_msd(tmp_path / "data")
+    assert _invoke("data", "prepare", folder, "--workers", "1").exit_code == 0
+    entry = next((tmp_path / "zeus_home" / "preprocessed").rglob("demo_001"))
+    _truncate(entry / damaged)
+    result = _invoke("data", "prepare", folder, "--workers", "1")
+    assert result.exit_code == 0 and "1 built, 1 already cached" in result.output, result.output
+    from shared.cases import CaseCache
+    from shared.manifest import resolve_dataset
+
+    case = CaseCache(resolve_dataset(str(folder))).load("demo_001")
+    assert case.image.shape[0] == 3 and case.label is not None
+
+
+def test_a_damaged_entry_read_directly_names_the_file(tmp_path):
+    from shared.cases import CaseCache
+    from shared.errors import ZeusError
+    from shared.manifest import resolve_dataset
+
+    dataset = resolve_dataset(str(write_msd(tmp_path / "data")))
+    cache = CaseCache(dataset)
+    cache.prepare(progress=False)
+    _truncate(cache.case_dir("demo_001") / "image.npz")
+    with pytest.raises(ZeusError, match=r"image\.npz is damaged .*run `zeus data prepare"):
+        cache.load("demo_001")
+    (cache.case_dir("demo_002") / "meta.json").write_text('{"case_id": "demo_0', encoding="utf-8")
+    with pytest.raises(ZeusError, match=r"meta\.json is damaged"):
+        cache.meta("demo_002")
+
+
+def test_written_files_follow_the_users_umask(tmp_path):
+    from shared.atomic import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        os.umask(0o077)
+        write_json(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600
+
+
+def test_a_text_file_named_nii_gz_is_not_an_image(tmp_path):
+    from shared.errors import ZeusError
+    from shared.manifest import resolve_manifest
+    from shared.readers.scan import scan_sources
+
+    fake = tmp_path / "notes.nii.gz"
+    fake.write_bytes(gzip.compress(b"just some text"))
+    with pytest.raises(ZeusError, match="cannot be read as NIfTI"):
+        scan_sources(resolve_manifest("demo"), [str(fake)])
+    with pytest.raises(ZeusError, match="is not a safe name"):
+        scan_sources(resolve_manifest("demo"), [str(fake)], case_id="../../escaped")
