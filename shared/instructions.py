@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,7 @@ class RunLogEntry:
     no_body: int
     seconds: float
     model_calls: int | None = None  # None in logs written before the field existed
+    unknown_targets: list[str] = field(default_factory=list)  # targets without a knowledge entry
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunLogEntry:

@@ -1,48 +1,78 @@
 """Curated prior knowledge of each target's location and appearance per modality (``knowledge/*.json``).
 
-Looked up by target name across all files, so any dataset whose labels use these names (the demo, a user's
-abdominal MR) gets it; an unknown target gets a neutral entry that only names it.
+Looked up by target name across all files, so any dataset whose labels name these structures (the demo, a
+user's abdominal MR) gets it. Names are matched loosely, as users write them: case, ``_``/``-``/spaces and
+brackets, word order, ``R``/``L``, ``tumor``/``tumour`` and each entry's ``aliases`` (``right_kidney``,
+``Kidney (R)``, ``RK``, ``PZ``, ``ET`` ...). A target with no entry gets a neutral ``TargetKnowledge`` that says
+nothing about it (``known=False``); ``unknown_targets`` names them so the runner can warn.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 KNOWLEDGE_DIR = Path(__file__).resolve().parent / "knowledge"
 
+# Word-level spellings that mean the same thing in label names.
+_WORDS = {"r": "right", "rt": "right", "l": "left", "lt": "left", "tumor": "tumour", "oedema": "edema"}
+
 
 @dataclass(frozen=True)
 class TargetKnowledge:
     name: str
-    location: str = "location not described in the knowledge base"
-    side: str = "either"  # right | left | midline | either
+    known: bool = False  # False: no entry matched the name; the fields below say nothing
+    location: str = "no prior knowledge of its location"
+    side: str = "unknown"  # right | left | midline | either | unknown
     craniocaudal: tuple[float, float] = (0.0, 1.0)  # where it is expected: 0 = lowest slice, 1 = highest
     size_shape: str = "size and shape not described in the knowledge base"
     boundary: str = "boundary not described in the knowledge base"
     appearance: dict[str, str] = field(default_factory=dict)
 
     def looks_in(self, modality: str) -> str:
-        return self.appearance.get(modality) or self.appearance.get("default") or "appearance not described"
+        """The appearance for a modality: its own entry, else the longest entry its name starts with
+        (``T2SPIR`` -> ``T2``), else the default."""
+        if modality in self.appearance:
+            return self.appearance[modality]
+        plain = re.sub(r"[^a-z0-9]", "", modality.lower())
+        prefixes = [
+            k for k in self.appearance if k != "default" and plain.startswith(re.sub(r"[^a-z0-9]", "", k.lower()))
+        ]
+        if prefixes:
+            return self.appearance[max(prefixes, key=len)]
+        return self.appearance.get("default") or "appearance not described"
+
+
+def name_key(name: str) -> str:
+    """A label name reduced to what identifies it: lower-case words, abbreviations spelled out, sorted."""
+    words = [_WORDS.get(w, w) for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+    return " ".join(sorted(words))
 
 
 @cache
-def _entries() -> dict[str, dict]:
-    entries: dict[str, dict] = {}
+def _index() -> dict[str, tuple[str, dict]]:
+    """name key -> (entry name, entry), for every entry name and alias of every knowledge file."""
+    index: dict[str, tuple[str, dict]] = {}
     for path in sorted(KNOWLEDGE_DIR.glob("*.json")):
-        entries.update({k.lower(): v for k, v in json.loads(path.read_text(encoding="utf-8"))["targets"].items()})
-    return entries
+        for name, entry in json.loads(path.read_text(encoding="utf-8"))["targets"].items():
+            for spelling in (name, *entry.get("aliases", ())):
+                index[name_key(spelling)] = (name, entry)
+    return index
 
 
 def knowledge_for(target: str) -> TargetKnowledge:
-    entry = _entries().get(target.lower())
-    if entry is None:
+    found = _index().get(name_key(target))
+    if found is None:
         return TargetKnowledge(name=target)
+    _, entry = found
     return TargetKnowledge(
         name=target,
+        known=True,
         location=entry["location"],
         side=entry.get("side", "either"),
         craniocaudal=tuple(entry.get("craniocaudal", (0.0, 1.0))),
@@ -50,6 +80,11 @@ def knowledge_for(target: str) -> TargetKnowledge:
         boundary=entry["boundary"],
         appearance=dict(entry["appearance"]),
     )
+
+
+def unknown_targets(targets: Iterable[str]) -> list[str]:
+    """The targets no knowledge entry matches (their descriptions carry image measurements only)."""
+    return [t for t in targets if not knowledge_for(t).known]
 
 
 def knowledge_hash() -> str:

@@ -21,6 +21,7 @@ from shared.readers import select_cases
 from stage1_instruct.backends import build_backends
 from stage1_instruct.config import Stage1Config
 from stage1_instruct.generate import InstructionGenerator, Stats
+from stage1_instruct.knowledge import unknown_targets
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class RunReport:
     stats: Stats
     seconds: float
     store: InstructionStore
+    unknown_targets: list[str]
 
     def record(self) -> RunReport:
         """Append this run's cost to the store's run log (read by the report)."""
@@ -59,6 +61,7 @@ class RunReport:
             **asdict(self.stats),
             seconds=round(self.seconds, 3),
             model_calls=self.stats.model_calls,
+            unknown_targets=self.unknown_targets,
         )
         self.store.append_run(entry)
         return self
@@ -76,6 +79,19 @@ class RunReport:
 def instruction_store(dataset: Dataset, config: Stage1Config) -> InstructionStore:
     """Where a stage-1 configuration writes a dataset's instructions."""
     return InstructionStore.of(dataset.name, config.store_tag)
+
+
+def warn_unknown_targets(dataset: Dataset) -> list[str]:
+    """Targets no knowledge entry matches: named in a warning (and the run log), never described as if known."""
+    unknown = unknown_targets(dataset.manifest.targets)
+    if unknown:
+        log.warning(
+            "no knowledge entry for the target(s) %s of %s: their descriptions carry image measurements only. "
+            "Name them as in stage1_instruct/knowledge/*.json (or add an entry or alias there).",
+            unknown,
+            dataset.name,
+        )
+    return unknown
 
 
 def plan_cases(dataset: Dataset, case_ids: list[str] | None, shard: Shard) -> list[str]:
@@ -99,10 +115,11 @@ def run_local(
     progress: bool = True,
 ) -> RunReport:
     start = time.perf_counter()
+    unknown = warn_unknown_targets(dataset)
     ids = plan_cases(dataset, case_ids, shard)
     cache = prepare_images(dataset, config, ids, progress)
     stats = instruct_cases(dataset, config, cache, ids, progress)
-    return RunReport(stats, time.perf_counter() - start, instruction_store(dataset, config)).record()
+    return RunReport(stats, time.perf_counter() - start, instruction_store(dataset, config), unknown).record()
 
 
 def instruct_cases(
@@ -144,6 +161,7 @@ def run_ray(
     import ray
 
     start = time.perf_counter()
+    unknown = warn_unknown_targets(dataset)
     ids = plan_cases(dataset, case_ids, Shard())
     prepare_images(dataset, config, ids, progress)
     if not ray.is_initialized():
@@ -164,4 +182,4 @@ def run_ray(
     stats = Stats()
     for row in results:
         stats += Stats(**{name: int(row[name]) for name in Stats.__dataclass_fields__})
-    return RunReport(stats, time.perf_counter() - start, instruction_store(dataset, config)).record()
+    return RunReport(stats, time.perf_counter() - start, instruction_store(dataset, config), unknown).record()

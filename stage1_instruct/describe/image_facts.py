@@ -24,6 +24,7 @@ _SIDE = {
     "right": "on the image left (the patient's right)",
     "left": "on the image right (the patient's left)",
     "midline": "near the middle of the body",
+    "either": "on either side",
 }
 
 
@@ -61,7 +62,7 @@ class ImageFactsDescriber:
         extent = ("a small part", "about half", "most")[min(2, int(body.mean() * 3))]
         return {
             "visible": "likely" if expected else "unlikely at this level",
-            "location": f"{known.location}; {_SIDE.get(known.side, 'on either side')}",
+            "location": f"{known.location}; {_SIDE[known.side]}" if known.side in _SIDE else known.location,
             "level": (
                 f"{_level(item.slice_position)} third of the scan, where the {item.target} is "
                 f"{'expected' if expected else 'usually not seen'}"
