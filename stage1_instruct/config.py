@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from shared.errors import ZeusError
-from shared.instructions import InstructionStore, store_tag
+from shared.instructions import PRESETS, InstructionStore, store_tag
 from shared.preprocess import DEFAULT_IMAGE_SIZE
 
 DESCRIBE_BACKENDS = ("image-facts", "transformers", "vllm")
@@ -28,9 +28,9 @@ class VllmOptions:
 
 @dataclass(frozen=True)
 class Stage1Config:
-    describe: str = "image-facts"
-    instruct: str = "transformers"
-    embed: str = "sentence-transformers"
+    describe: str = PRESETS["offline"].describe  # the defaults are the offline preset
+    instruct: str = PRESETS["offline"].instruct
+    embed: str = PRESETS["offline"].embed
     vlm: str | None = None  # model id or path for the describe step (vllm, transformers)
     llm: str | None = None  # model id or path for the instruct step
     embedder: str | None = None  # model id or path for the embed step
