@@ -12,7 +12,6 @@ the t-th target of the manifest), and writes them back on the reference modality
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +28,8 @@ from stage2_segment.config import BOX_REFERENCE, TrainConfig
 from stage2_segment.data import SliceDataset, forward_batch
 from stage2_segment.features import FeatureCache, feature_cache
 from stage2_segment.instructions import InstructionTable
-from stage2_segment.modeling.box_reference import BoxPromptedSAM
-from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
-from stage2_segment.modeling.unet import UNetBaseline
+from stage2_segment.modeling.build import build_model
+from stage2_segment.modeling.segmenter import SegmenterConfig
 from stage2_segment.runs import BEST, RunFolder, load_checkpoint, mixed_precision, pick_device
 
 log = logging.getLogger(__name__)
@@ -58,13 +56,8 @@ class Predictor:
         dataset = run.read_info().open_dataset(root)
         manifest = dataset.manifest
         # The checkpoint holds every weight (positional encodings included): no pretrained load before it.
-        if config.model == "unet":
-            model: torch.nn.Module = UNetBaseline(len(manifest.modalities), len(manifest.targets))
-        elif config.model == BOX_REFERENCE:
-            reference = manifest.modality_names.index(manifest.reference_modality)
-            model = BoxPromptedSAM(len(manifest.targets), reference, pretrained=False)
-        else:
-            model = ZeusSegmenter(replace(SegmenterConfig(**state["segmenter"]), pretrained=False))
+        segmenter = SegmenterConfig(**state["segmenter"]) if state["segmenter"] else None
+        model = build_model(config, manifest, segmenter, pretrained=False)
         model.load_state_dict(state["model"], strict=True)
         log.info("loaded %s (epoch %d, best validation Dice %.4f)", weights, state["epoch"], state["best_dice"])
         return cls(run, dataset, config, model.to(device).eval(), device)

@@ -31,15 +31,14 @@ from shared.errors import DataError, ZeusError
 from shared.manifest import Dataset
 from shared.provenance import git_revision, package_versions
 from shared.splits import ensure_splits
-from stage2_segment.config import BOX_REFERENCE, TrainConfig
+from stage2_segment.config import TrainConfig
 from stage2_segment.data import SliceDataset, forward_batch
 from stage2_segment.features import FeatureCache, feature_cache
 from stage2_segment.instructions import InstructionTable
 from stage2_segment.losses import union_loss
 from stage2_segment.metrics import VolumeOverlap
-from stage2_segment.modeling.box_reference import BoxPromptedSAM
+from stage2_segment.modeling.build import build_model
 from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
-from stage2_segment.modeling.unet import UNetBaseline
 from stage2_segment.runs import (
     BEST,
     LAST,
@@ -124,8 +123,9 @@ def prepare_training_data(
 
 def _check_image_size(cases: CaseCache) -> None:
     """Training at a size the dataset was never prepared at, while it was prepared at another, is a slip."""
-    others = [size for size in cases.prepared_sizes() if size != cases.image_size]
-    if others and cases.image_size not in cases.prepared_sizes():
+    prepared = cases.prepared_sizes()
+    others = [size for size in prepared if size != cases.image_size]
+    if others and cases.image_size not in prepared:
         sizes = ", ".join(f"{s} px" for s in others)
         raise ZeusError(
             f"{cases.dataset.name} is prepared at {sizes}, not at --image-size {cases.image_size}: pass "
@@ -197,10 +197,6 @@ class Trainer:
 
     def _model(self, table: InstructionTable | None) -> torch.nn.Module:
         manifest = self.dataset.manifest
-        if self.config.model == "unet":
-            return UNetBaseline(len(manifest.modalities), len(manifest.targets))
-        if self.config.model == BOX_REFERENCE:
-            return BoxPromptedSAM(len(manifest.targets), manifest.modality_names.index(manifest.reference_modality))
         segmenter = SegmenterConfig(
             fusion=self.config.fusion,
             num_modalities=len(manifest.modalities),
@@ -209,7 +205,7 @@ class Trainer:
             use_text=table is not None,
             num_tokens=self.config.num_tokens,
         )
-        return ZeusSegmenter(segmenter)
+        return build_model(self.config, manifest, segmenter)
 
     # -- state ----------------------------------------------------------------------------------------------
 
@@ -283,39 +279,31 @@ class Trainer:
             self.run.path.mkdir(parents=True, exist_ok=True)
             self.run.write_info(self._run_info())
             log.info("parameters: %s", self.model.parameter_counts())
-        if self.optimizer is None:
-            return self._fit_reference()
-        while self.epoch < cfg.epochs:
+        if self.optimizer is None:  # nothing to train (the box-prompted reference): validate once, as epoch 0
+            self._close_epoch(float("nan"), time.perf_counter())
+        while self.optimizer is not None and self.epoch < cfg.epochs:
             start = time.perf_counter()
             train_loss = self._train_epoch()
             self.epoch += 1
-            dice = self._broadcast(self.validate() if self.dist.main else np.zeros(len(self.dataset.manifest.targets)))
-            mean_dice = float(np.nanmean(dice)) if np.isfinite(dice).any() else 0.0
-            # Without validation cases nothing tells epochs apart: best.pt is the latest, not the first.
-            improved = mean_dice > self.best_dice or self.val_set is None
-            self.best_dice, self.stale_epochs = (mean_dice, 0) if improved else (self.best_dice, self.stale_epochs + 1)
-            if self.dist.main:
-                self.save(LAST)
-                if improved:
-                    self.save(BEST)
-                self._log(train_loss, dice, time.perf_counter() - start)
+            self._close_epoch(train_loss, start)
             if cfg.early_stopping and self.stale_epochs >= cfg.early_stopping:
                 log.info("early stop: %d epochs without a better validation Dice", self.stale_epochs)
                 break
         self.dist.barrier()
         return TrainResult(self.epoch, self.best_dice, self.run_dir)
 
-    def _fit_reference(self) -> TrainResult:
-        """A model with nothing to train (the box-prompted reference): validate once, write its checkpoints."""
-        start = time.perf_counter()
+    def _close_epoch(self, train_loss: float, start: float) -> None:
+        """Validate, keep the best, write the checkpoints and the log row of the epoch just trained."""
         dice = self._broadcast(self.validate() if self.dist.main else np.zeros(len(self.dataset.manifest.targets)))
-        self.best_dice = float(np.nanmean(dice)) if np.isfinite(dice).any() else float("nan")
+        mean_dice = float(np.nanmean(dice)) if np.isfinite(dice).any() else 0.0
+        # Without validation cases nothing tells epochs apart: best.pt is the latest, not the first.
+        improved = mean_dice > self.best_dice or self.val_set is None
+        self.best_dice, self.stale_epochs = (mean_dice, 0) if improved else (self.best_dice, self.stale_epochs + 1)
         if self.dist.main:
             self.save(LAST)
-            self.save(BEST)
-            self._log(float("nan"), dice, time.perf_counter() - start)
-        self.dist.barrier()
-        return TrainResult(0, self.best_dice, self.run_dir)
+            if improved:
+                self.save(BEST)
+            self._log(train_loss, dice, time.perf_counter() - start)
 
     def _epoch_size(self) -> int:
         return min(len(self.train_set), self.config.slices_per_epoch or len(self.train_set))
