@@ -35,7 +35,6 @@ from shared.manifest import Dataset
 from shared.paths import check_case_id
 from shared.preprocess import DEFAULT_IMAGE_SIZE, SliceTransform, normalise
 from shared.readers import CaseSources, open_layout, select_cases
-from shared.readers.base import non_finite_problem
 from shared.registration import coregister, read_label_on
 from shared.workspace import preprocessed_dir
 
@@ -253,12 +252,6 @@ def _build_entry(
 def _build_images(dataset: Dataset, size: int, case_dir: Path, sources: CaseSources, signature: str) -> CaseMeta:
     manifest = dataset.manifest
     case = coregister(sources, manifest, with_label=False)
-    problems = [
-        non_finite_problem(case.images[m.name], case.case_id, m.name, next(iter(sources.images[m.name].files), None))
-        for m in manifest.modalities
-    ]
-    if any(problems):
-        raise DataError([p for p in problems if p])
     transform = SliceTransform(native=case.grid.array_shape[1:], size=size)
     image = np.stack(
         [

@@ -11,12 +11,12 @@ from shared.errors import DataError, Problem
 from shared.geometry import Geometry, to_array
 from shared.manifest import Dataset, Manifest
 from shared.readers import CaseSources, LabelSource, open_layout, select_cases
-from shared.readers.base import check_label_values, non_finite_problem
+from shared.readers.base import check_label_values
 
 
 def check_dataset(dataset: Dataset, case_ids: list[str] | None = None, progress: bool = True) -> list[Problem]:
     layout = open_layout(dataset)
-    ids = select_cases(dataset, case_ids)
+    ids = select_cases(dataset, case_ids, layout)
     if not ids:
         return [Problem("-", "no cases found", dataset.root)]
     problems: dict[Problem, None] = {}  # ordered and without repeats (4-D channels share one file)
@@ -35,10 +35,6 @@ def check_case(sources: CaseSources, manifest: Manifest) -> Iterator[Problem]:
                 images[name] = source.read()
             except DataError as e:
                 yield from e.problems
-                continue
-            problem = non_finite_problem(to_array(images[name]), sources.case_id, name, next(iter(source.files), None))
-            if problem:
-                yield problem
     if sources.label_for(manifest.reference_modality) is None:
         yield Problem(sources.case_id, f"no label for the reference modality {manifest.reference_modality!r}")
     for label in sources.labels:

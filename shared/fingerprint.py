@@ -18,7 +18,7 @@ from shared.registration import RegisteredCase, coregister
 
 def fingerprint_dataset(dataset: Dataset, case_ids: list[str] | None = None, progress: bool = True) -> dict:
     layout = open_layout(dataset)
-    ids = select_cases(dataset, case_ids)
+    ids = select_cases(dataset, case_ids, layout)
     cases, problems = {}, []
     for case_id in tqdm(ids, desc=f"fingerprint {dataset.name}", unit="case", disable=not progress):
         try:

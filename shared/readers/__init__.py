@@ -20,9 +20,10 @@ def open_layout(dataset: Dataset) -> Layout:
     return ChaosLayout(dataset.root, manifest, kind="MR" if manifest.layout == "chaos_mr" else "CT")
 
 
-def select_cases(dataset: Dataset, case_ids: list[str] | None) -> list[str]:
-    """The dataset's cases (``None``), or the requested ones if each is a case of the dataset (``--case``)."""
-    known = open_layout(dataset).case_ids()
+def select_cases(dataset: Dataset, case_ids: list[str] | None, layout: Layout | None = None) -> list[str]:
+    """The dataset's cases (``None``), or the requested ones if each is a case of the dataset (``--case``);
+    ``layout``: the dataset's, when the caller has opened it already."""
+    known = (layout or open_layout(dataset)).case_ids()
     if case_ids is None:
         return known
     unknown = [c for c in dict.fromkeys(case_ids) if c not in known]

@@ -88,17 +88,21 @@ def visible_files(folder: Path, suffixes: tuple[str, ...] = ()) -> list[Path]:
 
 
 def read_image_file(path: Path, case_id: str) -> sitk.Image:
-    """Read one image file with SimpleITK; a missing, truncated or unreadable file becomes a ``DataError``."""
+    """Read one image file with SimpleITK; a missing, truncated or unreadable file, or one holding NaN or
+    infinite voxels, becomes a ``DataError``."""
     if not path.is_file():
         raise DataError.single(case_id, "file is missing", path)
-    if path.name.lower().endswith((".nii", ".nii.gz")):
-        _check_nifti_complete(path, case_id)
-        _check_nifti_finite(path, case_id)
+    nifti = path.name.lower().endswith((".nii", ".nii.gz"))
+    if nifti:
+        _check_nifti(path, case_id)
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown reason"
         raise DataError.single(case_id, f"cannot read the file (truncated or not an image?): {reason}", path) from None
+    if not nifti and image.GetPixelID() in _FLOAT_PIXELS:
+        _check_finite(sitk.GetArrayViewFromImage(image), case_id, path)
+    return image
 
 
 def check_label_values(array: np.ndarray, allowed: set[int], case_id: str, file: Path) -> None:
@@ -112,34 +116,25 @@ def check_label_values(array: np.ndarray, allowed: set[int], case_id: str, file:
         )
 
 
-def non_finite_problem(array: np.ndarray, case_id: str, modality: str, file: Path | None) -> Problem | None:
-    """A problem when a volume holds NaN or infinite voxels (they would silently become 0 or rescale a channel)."""
+_FLOAT_PIXELS = {sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64}
+
+
+def _check_finite(array: np.ndarray, case_id: str, file: Path) -> None:
+    """NaN or infinite voxels would silently become 0 or rescale a whole channel: refuse the volume."""
     nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
-    if not nan and not inf:
-        return None
-    share = 100 * (nan + inf) / max(1, array.size)
-    what = f"modality {modality!r}" if modality else "the image"
-    return Problem(
-        case_id,
-        f"{what} has {nan} NaN and {inf} infinite voxel(s) ({share:.2g} % of the volume): "
-        "fix or replace the file (Zeus does not guess values for them)",
-        file,
-    )
+    if nan or inf:
+        share = 100 * (nan + inf) / max(1, array.size)
+        raise DataError.single(
+            case_id,
+            f"the image has {nan} NaN and {inf} infinite voxel(s) ({share:.2g} % of the volume): "
+            "fix or replace the file (Zeus does not guess values for them)",
+            file,
+        )
 
 
-def _check_nifti_finite(path: Path, case_id: str) -> None:
-    """ITK's NIfTI reader turns NaN and infinite voxels into 0 without a word: look at float data with nibabel."""
-    image = nib.load(path)
-    if not np.issubdtype(image.header.get_data_dtype(), np.floating):
-        return
-    data = np.asanyarray(image.dataobj)
-    problem = non_finite_problem(data, case_id, "", path)
-    if problem:
-        raise DataError([problem])
-
-
-def _check_nifti_complete(path: Path, case_id: str) -> None:
-    """ITK zero-fills a truncated NIfTI without complaint: compare the data length with what the header promises."""
+def _check_nifti(path: Path, case_id: str) -> None:
+    """What ITK's NIfTI reader hides: it zero-fills a truncated file, and turns NaN and infinite voxels into 0,
+    without complaint. Compare the data length with what the header promises, and look at float data."""
     try:
         image = nib.load(path)
         shape, dtype = image.header.get_data_shape(), image.header.get_data_dtype()
@@ -151,6 +146,8 @@ def _check_nifti_complete(path: Path, case_id: str) -> None:
         raise DataError.single(
             case_id, f"file is truncated: {found} bytes of image data, the header promises {expected}", path
         )
+    if np.issubdtype(dtype, np.floating):
+        _check_finite(np.asanyarray(image.dataobj), case_id, path)
 
 
 def _gzip_length(path: Path) -> int:

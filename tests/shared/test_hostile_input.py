@@ -274,3 +274,15 @@ def test_a_text_file_named_nii_gz_is_not_an_image(tmp_path):
         scan_sources(resolve_manifest("demo"), [str(fake)])
     with pytest.raises(ZeusError, match="is not a safe name"):
         scan_sources(resolve_manifest("demo"), [str(fake)], case_id="../../escaped")
+
+
+def test_non_finite_voxels_in_other_image_formats_are_refused_too(tmp_path):
+    from shared.errors import DataError
+    from shared.readers.base import read_image_file
+
+    array = np.zeros((4, 4, 4), np.float32)
+    array[0, 0, :3] = np.inf
+    path = tmp_path / "scan.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    with pytest.raises(DataError, match=r"0 NaN and 3 infinite voxel"):
+        read_image_file(path, "x")
