@@ -17,6 +17,9 @@ def train(
         str, typer.Option(help="zeus; unet (2-D U-Net from scratch); litemedsam-boxes (reference, GT boxes).")
     ] = TrainConfig.model,
     fusion: Annotated[str, typer.Option(help="early, hybrid or late.")] = TrainConfig.fusion,
+    decoder: Annotated[
+        str, typer.Option(help="per-target (a decoder pass per target) or joint (all targets in one pass).")
+    ] = TrainConfig.decoder,
     encoder: Annotated[str, typer.Option(help="Frozen image encoder: litemedsam, or sam-vit-b.")] = TrainConfig.encoder,
     encoder_checkpoint: Annotated[
         Path | None, typer.Option(help="SAM / MedSAM ViT-B checkpoint (.pth) for --encoder sam-vit-b.")
@@ -53,6 +56,7 @@ def train(
         encoder=encoder,
         encoder_checkpoint=str(encoder_checkpoint) if encoder_checkpoint else None,
         fusion=fusion,
+        decoder=decoder,
         text=text,
         instructions_tag=instructions_tag,
         fold=fold,

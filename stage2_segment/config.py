@@ -17,6 +17,8 @@ TEXT_MODES = {"instructions": PRESETS["offline"].tag, "template": PRESETS["templ
 MODELS = ("zeus", "unet", "litemedsam-boxes")
 BOX_REFERENCE = "litemedsam-boxes"
 FUSIONS = ("early", "hybrid", "late")
+# per-target: one decoder pass per (image, target), as SAM; joint: all targets of an image in one pass.
+DECODERS = ("per-target", "joint")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class TrainConfig:
     encoder: str = "litemedsam"  # litemedsam | sam-vit-b (needs encoder_checkpoint)
     encoder_checkpoint: str | None = None
     fusion: str = "late"
+    decoder: str = "per-target"  # one of DECODERS
     text: str = "instructions"  # instructions | template | none
     instructions_tag: str | None = None  # default: the stage-1 tag of ``text``
     fold: int = 0
@@ -46,6 +49,8 @@ class TrainConfig:
             raise ZeusError(f"--model must be one of {MODELS}, got {self.model!r}")
         if self.fusion not in FUSIONS:
             raise ZeusError(f"--fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.decoder not in DECODERS:
+            raise ZeusError(f"--decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.text not in TEXT_MODES:
             raise ZeusError(f"--text must be one of {list(TEXT_MODES)}, got {self.text!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -73,11 +78,14 @@ class TrainConfig:
             return self.run_name
         if self.model != "zeus":
             return f"{self.model}__fold{self.fold}"
-        return f"{self.fusion}__text-{self.text}__fold{self.fold}"
+        decoder = "-joint" if self.decoder == "joint" else ""
+        return f"{self.fusion}{decoder}__text-{self.text}__fold{self.fold}"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        # A run written before ``--decoder`` existed decoded per target, whatever today's default.
+        data = {"decoder": "per-target", **data}
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})

@@ -204,6 +204,7 @@ class Trainer:
             text_dim=table.dim if table else 384,
             use_text=table is not None,
             num_tokens=self.config.num_tokens,
+            decoder=self.config.decoder,
         )
         return build_model(self.config, manifest, segmenter)
 

@@ -13,6 +13,10 @@ Fusion of M modalities:
   ``LogitFusion``.
 
 Text ``none`` (a baseline): learned per-target tokens instead of projected instructions.
+
+Decoder ``per-target`` runs the two-way transformer once per target (SAM's one-prompt-set-per-pass design);
+``joint`` runs it once per image with every target's tokens (``BatchedMaskDecoder.predict_joint_masks``):
+T times fewer decoder passes.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from stage2_segment.config import FUSIONS
+from stage2_segment.config import DECODERS, FUSIONS
 from stage2_segment.modeling.decoder import build_mask_decoder, build_prompt_encoder
 from stage2_segment.modeling.fusion import EmbeddingFusion, LogitFusion
 from stage2_segment.modeling.text_prompt import TextPromptProjector
@@ -42,10 +46,14 @@ class SegmenterConfig:
     # Late fusion keeps one decoder's activations per modality for backward; recomputing them in the backward
     # pass instead (activation checkpointing) cuts the peak memory by about the modality count.
     checkpoint_modalities: bool = True
+    # Runs saved before the option existed decoded per target: that is what a stored config without it means.
+    decoder: str = "per-target"
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
 
 
 class ZeusSegmenter(nn.Module):
@@ -103,8 +111,13 @@ class ZeusSegmenter(nn.Module):
     def _decode(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """embeddings Bx256x64x64, tokens BxTxNx256 -> mask logits BxTx256x256 (all targets in one batch)."""
         b, t, n, c = tokens.shape
+        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        if self.config.decoder == "joint":
+            dense = dense.expand(b, -1, *embeddings.shape[2:])
+            pe = self.prompt_encoder.get_dense_pe()
+            return self.mask_decoder.predict_joint_masks(embeddings, pe, tokens, dense)
         images = embeddings.unsqueeze(1).expand(-1, t, -1, -1, -1).reshape(b * t, *embeddings.shape[1:])
-        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b * t, -1, *embeddings.shape[2:])
+        dense = dense.expand(b * t, -1, *embeddings.shape[2:])
         masks, _ = self.mask_decoder(
             image_embeddings=images,
             image_pe=self.prompt_encoder.get_dense_pe(),

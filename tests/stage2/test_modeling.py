@@ -9,7 +9,7 @@ from segment_anything.modeling import MaskDecoder
 
 from shared.errors import ZeusError
 from stage2_segment.modeling.checkpoints import module_state
-from stage2_segment.modeling.decoder import build_mask_decoder, build_prompt_encoder
+from stage2_segment.modeling.decoder import build_mask_decoder, build_prompt_encoder, group_attention_mask
 from stage2_segment.modeling.encoders import FrozenImageEncoder
 from stage2_segment.modeling.text_prompt import TextPromptProjector
 
@@ -45,6 +45,43 @@ def test_batched_decoder_matches_upstream_one_image_at_a_time():
     assert masks.shape == (3, 1, 256, 256)
     with pytest.raises(ValueError, match="one prompt set per image"):
         batched(images, pe, sparse[:2], dense, multimask_output=False)
+
+
+def _joint_inputs(targets: int, tokens: int = 2):
+    torch.manual_seed(1)
+    return torch.randn(2, 256, 64, 64), torch.randn(2, targets, tokens, 256), torch.randn(2, 256, 64, 64) * 0.1
+
+
+def test_joint_decoding_of_one_target_is_per_target_decoding():
+    decoder, pe = build_mask_decoder().eval(), build_prompt_encoder().get_dense_pe()
+    images, prompts, dense = _joint_inputs(targets=1)
+    with torch.no_grad():
+        per_target, _ = decoder(images, pe, prompts[:, 0], dense, multimask_output=False)
+        joint = decoder.predict_joint_masks(images, pe, prompts, dense)
+    assert joint.shape == (2, 1, 256, 256)
+    torch.testing.assert_close(joint, per_target, rtol=1e-4, atol=1e-4)
+
+
+def test_joint_decoding_follows_the_targets_and_reads_each_targets_own_prompt():
+    decoder, pe = build_mask_decoder().eval(), build_prompt_encoder().get_dense_pe()
+    images, prompts, dense = _joint_inputs(targets=3)
+    with torch.no_grad():
+        masks = decoder.predict_joint_masks(images, pe, prompts, dense)
+        swapped = decoder.predict_joint_masks(images, pe, prompts[:, [2, 0, 1]], dense)
+        # the same prompt for two targets: they see identical groups, so identical masks
+        twice = decoder.predict_joint_masks(images, pe, prompts[:, [0, 0, 1]], dense)
+    assert masks.shape == (2, 3, 256, 256)
+    torch.testing.assert_close(swapped, masks[:, [2, 0, 1]], rtol=1e-4, atol=1e-4)  # permuting targets permutes masks
+    torch.testing.assert_close(twice[:, 0], twice[:, 1], rtol=1e-4, atol=1e-4)
+    assert (masks[:, 0] - masks[:, 1]).abs().mean() > 0.1  # different prompts, different masks
+
+
+def test_group_attention_mask_keeps_targets_apart():
+    visible = group_attention_mask(shared=2, groups=2, size=3, device=torch.device("cpu"))
+    assert visible.shape == (8, 8)
+    assert visible[:2].all() and visible[:, :2].all()  # shared tokens see and are seen by all
+    assert visible[2:5, 2:5].all() and visible[5:, 5:].all()
+    assert not visible[2:5, 5:].any() and not visible[5:, 2:5].any()  # no target reads another's prompt
 
 
 def test_frozen_encoder_gives_sam_embeddings_and_trains_nothing():

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import re
 
@@ -40,10 +41,12 @@ def test_samples_carry_embeddings_instructions_and_class_labels(stage2_dataset):
     assert torch.equal(sample["label"], torch.from_numpy(raw.astype(np.int64)))
 
 
+@pytest.mark.parametrize("decoder", ["per-target", "joint"])
 @pytest.mark.parametrize("fusion", ["early", "hybrid", "late"])
-def test_each_fusion_gives_union_logits_and_single_modality_works(fusion):
+def test_each_fusion_gives_union_logits_and_single_modality_works(fusion, decoder):
     for modalities in (3, 1):
-        model = ZeusSegmenter(SegmenterConfig(fusion=fusion, num_modalities=modalities, num_targets=4))
+        config = SegmenterConfig(fusion=fusion, num_modalities=modalities, num_targets=4, decoder=decoder)
+        model = ZeusSegmenter(config)
         images = torch.randn(2, 1 if fusion == "early" else modalities, 256, 64, 64)
         logits = model(images, torch.randn(2, modalities + 1, 4, 384))
         assert logits.shape == (2, 5, 256, 256)
@@ -129,6 +132,7 @@ def test_resume_continues_exactly(stage2_dataset):
         ({"lr": 1e-4}, "--lr: the run has 0.001, now 0.0001"),
         ({"fusion": "late"}, "--fusion: the run has 'early', now 'late'"),
         ({"batch_size": 2}, "--batch-size: the run has 1, now 2"),
+        ({"decoder": "joint"}, "--decoder: the run has 'per-target', now 'joint'"),
     ],
 )
 def test_resume_with_other_settings_is_refused_by_name(stage2_dataset, change, message):
@@ -149,13 +153,13 @@ def test_without_validation_cases_best_is_the_last_epoch(stage2_dataset):
 
 def test_every_trainable_parameter_gets_a_gradient():
     """What DDP needs: the decoder's unused heads (IoU head, hypernetworks 1-3) are frozen, not trained."""
-    for fusion in ("early", "hybrid", "late"):
-        model = ZeusSegmenter(SegmenterConfig(fusion=fusion, num_modalities=2, num_targets=2))
+    for fusion, decoder in itertools.product(("early", "hybrid", "late"), ("per-target", "joint")):
+        model = ZeusSegmenter(SegmenterConfig(fusion=fusion, num_modalities=2, num_targets=2, decoder=decoder))
         model.train()
         images = torch.randn(1, 1 if fusion == "early" else 2, 256, 64, 64)
         union_loss(model(images, torch.randn(1, 3, 2, 384)), torch.randint(0, 3, (1, 256, 256))).backward()
         without = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-        assert without == [], (fusion, without)
+        assert without == [], (fusion, decoder, without)
         frozen = {
             n.split(".")[1] for n, p in model.named_parameters() if n.startswith("mask_decoder") and not p.requires_grad
         }

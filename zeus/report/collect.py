@@ -47,7 +47,8 @@ class RunRecord:
             return "U-Net (from scratch)"
         if self.model == BOX_REFERENCE:
             return "LiteMedSAM + ground-truth boxes"
-        return f"Zeus {self.train.fusion} / {self.train.text}"
+        decoder = " (joint decoder)" if self.train.decoder == "joint" else ""
+        return f"Zeus {self.train.fusion} / {self.train.text}{decoder}"
 
     @property
     def role(self) -> str:
