@@ -39,6 +39,13 @@ def train(
     slices_per_epoch: Annotated[int | None, typer.Option(help="Sample this many training slices per epoch.")] = None,
     early_stopping: Annotated[int | None, typer.Option(help="Patience in epochs (validation Dice).")] = None,
     num_workers: Annotated[int, typer.Option(min=0, help="Data-loader processes.")] = TrainConfig.num_workers,
+    data_on_device: Annotated[
+        bool | None,
+        typer.Option(
+            "--data-on-device/--data-from-loader",
+            help="Hold the training set on the device and index batches there (default: on CUDA only).",
+        ),
+    ] = None,
     image_size: Annotated[
         int, typer.Option(help="Model slice size (pixels): the size the dataset was prepared at.")
     ] = TrainConfig.image_size,
@@ -68,6 +75,7 @@ def train(
         slices_per_epoch=slices_per_epoch,
         early_stopping=early_stopping,
         num_workers=num_workers,
+        data_on_device=data_on_device,
         image_size=image_size,
         run_name=run_name,
     )

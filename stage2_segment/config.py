@@ -42,6 +42,8 @@ class TrainConfig:
     slices_per_epoch: int | None = None  # sample this many slices per epoch (default: all)
     early_stopping: int | None = None  # stop after this many epochs without a better validation Dice
     num_workers: int = 0
+    # Hold the training set on the device and index batches there (DeviceSlices); None: on CUDA only.
+    data_on_device: bool | None = None
     run_name: str | None = None
 
     def __post_init__(self) -> None:
@@ -80,6 +82,9 @@ class TrainConfig:
             return f"{self.model}__fold{self.fold}"
         decoder = "-joint" if self.decoder == "joint" else ""
         return f"{self.fusion}{decoder}__text-{self.text}__fold{self.fold}"
+
+    def keeps_data_on_device(self, device_type: str) -> bool:
+        return device_type == "cuda" if self.data_on_device is None else self.data_on_device
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

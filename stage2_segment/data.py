@@ -11,6 +11,10 @@ What crosses into the model (per sample):
 - ``index``: int64 scalar, the sample's position in ``SliceDataset.index`` (``case_of`` names its case).
 
 Slices where a target is absent are kept: they teach empty masks.
+
+``DeviceSlices`` holds a whole ``SliceDataset`` on a device (embeddings stay float16, labels uint8) and cuts
+batches there by index: on a GPU the per-sample loader, not the model, would set the pace. Its batches equal
+the loader's, value for value.
 """
 
 from __future__ import annotations
@@ -90,3 +94,41 @@ class SliceDataset(Dataset):
         if self.instructions is not None:
             sample["text"] = torch.from_numpy(self.instructions.for_case(case_id)[z])
         return sample
+
+
+class DeviceSlices:
+    """Every sample of ``dataset`` in device tensors, row i = ``dataset[i]``; ``batch`` gives what the loader
+    would collate for those indices."""
+
+    def __init__(self, dataset: SliceDataset, device: torch.device):
+        case_ids = list(dict.fromkeys(case_id for case_id, _ in dataset.index))
+        inputs = [self._inputs(dataset, c) for c in case_ids]
+        self.inputs = torch.cat([torch.from_numpy(np.ascontiguousarray(x)) for x in inputs]).to(device)
+        if len(self.inputs) != len(dataset):
+            raise ZeusError(f"{len(self.inputs)} cached slices for {len(dataset)} samples: rerun `zeus train`")
+        self.label = (
+            torch.cat([dataset._label(c).to(torch.uint8) for c in case_ids]).to(device) if dataset.with_labels else None
+        )
+        self.text = (
+            torch.cat([torch.from_numpy(dataset.instructions.for_case(c)) for c in case_ids]).to(device)
+            if dataset.instructions is not None
+            else None
+        )
+
+    @staticmethod
+    def _inputs(dataset: SliceDataset, case_id: str) -> np.ndarray:
+        if dataset.features is not None:
+            return np.asarray(dataset.features.load(case_id))  # Z x C' x 256 x 64 x 64, float16
+        return dataset._image(case_id).transpose(1, 0, 2, 3)  # Z x M x S x S
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        indices = indices.to(self.inputs.device)
+        batch = {"inputs": self.inputs[indices].float(), "index": indices}
+        if self.label is not None:
+            batch["label"] = self.label[indices].long()
+        if self.text is not None:
+            batch["text"] = self.text[indices]
+        return batch

@@ -32,7 +32,7 @@ from shared.manifest import Dataset
 from shared.provenance import git_revision, package_versions
 from shared.splits import ensure_splits
 from stage2_segment.config import TrainConfig
-from stage2_segment.data import SliceDataset, forward_batch
+from stage2_segment.data import DeviceSlices, SliceDataset, forward_batch
 from stage2_segment.features import FeatureCache, feature_cache
 from stage2_segment.instructions import InstructionTable
 from stage2_segment.losses import union_loss
@@ -54,7 +54,7 @@ from stage2_segment.runs import (
 log = logging.getLogger(__name__)
 
 # Settings that do not change what a run computes: a resumed run may use others.
-RESUME_MAY_CHANGE = frozenset({"num_workers"})
+RESUME_MAY_CHANGE = frozenset({"num_workers", "data_on_device"})
 
 
 @dataclass
@@ -172,6 +172,8 @@ class Trainer:
         self.val_set = (
             SliceDataset(data.val_ids, data.cases, data.features, data.instructions) if data.val_ids else None
         )
+        on_device = config.keeps_data_on_device(self.device.type)
+        self.device_data = DeviceSlices(self.train_set, self.device) if on_device else None
         seed_everything(config.seed)
         self.model = self._model(data.instructions).to(self.device)
         self.ddp_model = (
@@ -309,7 +311,7 @@ class Trainer:
     def _epoch_size(self) -> int:
         return min(len(self.train_set), self.config.slices_per_epoch or len(self.train_set))
 
-    def _loader(self) -> DataLoader:
+    def _epoch_indices(self) -> list[int]:
         """This epoch's slices: a seeded permutation (it depends on the epoch only, so a resumed run sees the
         same order), cut to ``slices_per_epoch`` and to a multiple of the world size (DDP ranks must take equal
         numbers of steps), dealt round-robin to the ranks."""
@@ -317,16 +319,22 @@ class Trainer:
         world = self.dist.world_size
         size = max(world, self._epoch_size() // world * world)
         order = torch.randperm(len(self.train_set), generator=generator)[:size]
-        indices = order[self.dist.rank :: world].tolist()
-        return DataLoader(
-            self.train_set, batch_size=self.config.batch_size, sampler=indices, num_workers=self.config.num_workers
-        )
+        return order[self.dist.rank :: world].tolist()
+
+    def _batches(self):
+        """This epoch's batches: cut from the device-resident set, or collated by the loader (the same values)."""
+        indices, size = self._epoch_indices(), self.config.batch_size
+        if self.device_data is not None:
+            chunks = [torch.tensor(indices[i : i + size]) for i in range(0, len(indices), size)]
+            return map(self.device_data.batch, chunks)
+        return DataLoader(self.train_set, batch_size=size, sampler=indices, num_workers=self.config.num_workers)
 
     def _train_epoch(self) -> float:
         self.ddp_model.train()
         losses = []
         bar = tqdm(
-            self._loader(),
+            self._batches(),
+            total=self.steps_per_epoch,
             desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
             unit="batch",
             disable=not (self.progress and self.dist.main),

@@ -143,6 +143,27 @@ def test_resume_with_other_settings_is_refused_by_name(stage2_dataset, change, m
         other.resume()
 
 
+def test_device_resident_batches_train_exactly_as_the_loader(stage2_dataset):
+    """The path for GPUs (the training set held on the device, batches indexed there), run on the CPU."""
+    steps = {"batch_size": 2, "slices_per_epoch": 5, "epochs": 2, "fusion": "late", "decoder": "joint"}
+    loader = _trainer(stage2_dataset, run_name="loader", data_on_device=False, **steps)
+    resident = _trainer(stage2_dataset, run_name="resident", data_on_device=True, **steps)
+    assert loader.device_data is None and resident.device_data is not None
+    first = next(iter(loader._batches()))
+    same = next(iter(resident._batches()))
+    for key in ("inputs", "text", "label", "index"):
+        assert torch.equal(first[key], same[key]), key
+    for trainer in (loader, resident):
+        trainer.fit()
+    for (name, a), b in zip(loader.model.state_dict().items(), resident.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert _log(loader) == _log(resident)
+
+
+def _log(trainer) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in trainer.run.read_log()]
+
+
 def test_without_validation_cases_best_is_the_last_epoch(stage2_dataset):
     trainer = _trainer(stage2_dataset, run_name="no_val", epochs=2, fusion="late")
     trainer.val_set = None
