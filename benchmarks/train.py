@@ -5,9 +5,14 @@
 2. data pipeline: steps/s through the real loader (memory-mapped embeddings, Parquet instructions) vs the
    same batches held in memory (target >= 90 %);
 3. per fusion (and the U-Net baseline): a short training run in its own process, its peak memory (target
-   <= 4 GiB) and validation Dice per class.
+   <= 4 GiB) and validation Dice per class;
+4. the decoder step against its FLOP floor, per decoding (per-target, joint), batch size and precision, each in
+   its own process: FLOPs per step (torch's FLOP counter, forward + backward), steps/s, achieved FLOP/s, the
+   machine's peak (a measured large matmul in the same precision), the ratio of the step's time to its floor
+   (FLOPs / peak), and peak memory (CUDA: allocator peak; CPU: the process's resident peak).
 
     python benchmarks/train.py [--epochs 3] [--slices-per-epoch 32] [--skip-fusions]
+    python benchmarks/train.py --skip-speed --skip-fusions --decoder-batches 1,4,16 --precisions fp32,bf16
 
 Needs the demo prepared with instructions (``make demo``, or it runs ``zeus demo-data`` etc. itself).
 """
@@ -160,6 +165,95 @@ def phase_train(args) -> dict:
     }
 
 
+def phase_decoder(args) -> dict:
+    """One decoding x batch size x precision: a late-fusion training step on random inputs of real shapes (the
+    decoder's cost does not depend on the values), 4 targets, the demo's 3 modalities."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from stage2_segment.losses import union_loss
+    from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
+    config = SegmenterConfig(fusion="late", num_modalities=3, num_targets=4, decoder=args.decoder)
+    model = ZeusSegmenter(config).to(device).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    b = args.batch
+    images = torch.randn(b, 3, 256, 64, 64, device=device)
+    text = torch.randn(b, 4, 4, 384, device=device)
+    label = torch.randint(0, 5, (b, 256, 256), device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(images, text)
+        loss = union_loss(logits, label)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    flops = counter.get_total_flops()
+    for _ in range(2):
+        step()  # warm up
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start, steps = time.perf_counter(), 0
+    while steps < args.decoder_steps or time.perf_counter() - start < 2.0:
+        step()
+        steps += 1
+        _sync(device)
+    seconds = (time.perf_counter() - start) / steps
+    peak = _matmul_peak(device, dtype or torch.float32)
+    memory = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _peak_mib()
+    return {
+        "device": device.type,
+        "flops_per_step": flops,
+        "steps_per_s": 1 / seconds,
+        "achieved_flops": flops / seconds,
+        "peak_flops": peak,
+        "floor_ratio": seconds / (flops / peak),
+        "peak_mib": memory,
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096) -> float:
+    """FLOP/s of a large square matmul in ``dtype``: what this machine does at best in that precision."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    _sync(device)
+    start, reps = time.perf_counter(), 0
+    while reps < 3 or time.perf_counter() - start < 1.0:
+        a @ b
+        reps += 1
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def decoder_runs(decoders: list[str], batches: list[int], precisions: list[str], steps: int) -> None:
+    for decoder in decoders:
+        for precision in precisions:
+            for batch in batches:
+                command = [sys.executable, __file__, "--phase", "decoder", "--decoder", decoder]
+                command += ["--batch", str(batch), "--precision", precision, "--decoder-steps", str(steps)]
+                out = subprocess.run(command, check=True, capture_output=True, encoding="utf-8").stdout
+                r = json.loads(out.strip().splitlines()[-1])
+                print(
+                    f"decoder {decoder:10s} {precision} batch {batch:3d} ({r['device']}): "
+                    f"{r['flops_per_step'] / 1e9:7.1f} GFLOP/step, {r['steps_per_s']:6.2f} steps/s, "
+                    f"{r['achieved_flops'] / 1e9:8.1f} GFLOP/s of {r['peak_flops'] / 1e9:8.1f} peak, "
+                    f"{r['floor_ratio']:5.1f}x the floor, peak memory {r['peak_mib']:.0f} MiB"
+                )
+
+
 def _peak_mib() -> float:
     """This process's peak resident memory. VmHWM belongs to the process image, so unlike ``ru_maxrss`` (which
     Linux carries across exec) it does not include the parent's memory at the time it was started."""
@@ -178,7 +272,15 @@ def main() -> None:
     parser.add_argument("--skip-fusions", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--runs", default="early,hybrid,late,unet", help="which trainings to run")
+    parser.add_argument("--decoders", default="per-target,joint", help="decodings for the FLOP-floor table")
+    parser.add_argument("--decoder-batches", default="1,4,16", help="batch sizes for the FLOP-floor table")
+    parser.add_argument("--precisions", default="fp32,bf16", help="fp32 and/or bf16 (autocast)")
+    parser.add_argument("--decoder-steps", type=int, default=3, help="timed steps per decoder configuration")
+    parser.add_argument("--skip-decoder", action="store_true")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
+    parser.add_argument("--decoder", default="joint", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=4, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="zeus", help=argparse.SUPPRESS)
     parser.add_argument("--fusion", default="late", help=argparse.SUPPRESS)
     parser.add_argument("--run-name", help=argparse.SUPPRESS)
@@ -186,6 +288,12 @@ def main() -> None:
     if args.phase == "train":
         print(json.dumps(phase_train(args)))
         return
+    if args.phase == "decoder":
+        print(json.dumps(phase_decoder(args)))
+        return
+    if not args.skip_decoder:
+        batches = [int(b) for b in args.decoder_batches.split(",")]
+        decoder_runs(args.decoders.split(","), batches, args.precisions.split(","), args.decoder_steps)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _setup_demo()

@@ -36,6 +36,9 @@ def train(
         int, typer.Option(min=0, help="Linear learning-rate warm-up, in steps.")
     ] = TrainConfig.warmup_steps,
     seed: int = TrainConfig.seed,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, or bf16 (autocast).")
+    ] = TrainConfig.precision,
     slices_per_epoch: Annotated[int | None, typer.Option(help="Sample this many training slices per epoch.")] = None,
     early_stopping: Annotated[int | None, typer.Option(help="Patience in epochs (validation Dice).")] = None,
     num_workers: Annotated[int, typer.Option(min=0, help="Data-loader processes.")] = TrainConfig.num_workers,
@@ -72,6 +75,7 @@ def train(
         lr=lr,
         warmup_steps=warmup_steps,
         seed=seed,
+        precision=precision,
         slices_per_epoch=slices_per_epoch,
         early_stopping=early_stopping,
         num_workers=num_workers,

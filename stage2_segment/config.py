@@ -19,6 +19,8 @@ BOX_REFERENCE = "litemedsam-boxes"
 FUSIONS = ("early", "hybrid", "late")
 # per-target: one decoder pass per (image, target), as SAM; joint: all targets of an image in one pass.
 DECODERS = ("per-target", "joint")
+# auto: bf16 autocast on CUDA, fp32 on CPU (stage2_segment.runs.resolve_precision).
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 10
     seed: int = 0
+    precision: str = "auto"  # one of PRECISIONS
     num_tokens: int = 2
     image_size: int = DEFAULT_IMAGE_SIZE
     slices_per_epoch: int | None = None  # sample this many slices per epoch (default: all)
@@ -53,6 +56,8 @@ class TrainConfig:
             raise ZeusError(f"--fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.decoder not in DECODERS:
             raise ZeusError(f"--decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.precision not in PRECISIONS:
+            raise ZeusError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.text not in TEXT_MODES:
             raise ZeusError(f"--text must be one of {list(TEXT_MODES)}, got {self.text!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:

@@ -86,7 +86,7 @@ class Predictor:
         if features is not None:
             features.ensure([case_id], progress=False)
         slices = SliceDataset([case_id], cases, features, instructions, with_labels=self.needs_ground_truth)
-        autocast = mixed_precision(self.device)
+        autocast = mixed_precision(self.device, self.config.precision)
         out = []
         for batch in DataLoader(slices, batch_size=batch_size, shuffle=False):
             with autocast:

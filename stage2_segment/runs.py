@@ -47,9 +47,23 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
-def mixed_precision(device: torch.device) -> AbstractContextManager:
-    """bf16 autocast on CUDA; fp32 (no autocast) on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN sees it."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """``auto``: bf16 on CUDA, fp32 on CPU (bf16 there is opt-in, ``--precision bf16``: README, "Real data")."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def mixed_precision(device: torch.device, precision: str = "auto") -> AbstractContextManager:
+    """bf16 autocast, or fp32 (no autocast), as ``resolve_precision`` decides."""
+    if resolve_precision(device, precision) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 # -- checkpoints --------------------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ class Trainer:
         self.device = device or pick_device()
         self.dist = distributed or Distributed()
         self.run = run or RunFolder.of(data.dataset.name, config.name)
-        self.autocast = mixed_precision(self.device)
+        self.autocast = mixed_precision(self.device, config.precision)
         self.features = data.features
         self.train_set = SliceDataset(data.train_ids, data.cases, data.features, data.instructions)
         self.val_set = (

@@ -39,3 +39,18 @@ def test_a_size_the_dataset_was_not_prepared_at_is_a_clear_error(stage2_dataset)
     table.check_image_size(256)
     with pytest.raises(ZeusError, match=r"written from 256 px slices, not --image-size 128"):
         table.check_image_size(128)
+
+
+def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu_and_bf16_can_be_asked_for():
+    import torch
+
+    from stage2_segment.runs import mixed_precision, resolve_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision(cpu) == "fp32" and resolve_precision(cuda) == "bf16"
+    assert resolve_precision(cuda, "fp32") == "fp32" and resolve_precision(cpu, "bf16") == "bf16"
+    linear = torch.nn.Linear(4, 4)
+    with mixed_precision(cpu, "bf16"):
+        assert linear(torch.ones(1, 4)).dtype == torch.bfloat16
+    with mixed_precision(cpu):
+        assert linear(torch.ones(1, 4)).dtype == torch.float32

@@ -133,6 +133,7 @@ def test_resume_continues_exactly(stage2_dataset):
         ({"fusion": "late"}, "--fusion: the run has 'early', now 'late'"),
         ({"batch_size": 2}, "--batch-size: the run has 1, now 2"),
         ({"decoder": "joint"}, "--decoder: the run has 'per-target', now 'joint'"),
+        ({"precision": "bf16"}, "--precision: the run has 'auto', now 'bf16'"),
     ],
 )
 def test_resume_with_other_settings_is_refused_by_name(stage2_dataset, change, message):
