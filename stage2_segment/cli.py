@@ -122,3 +122,24 @@ def evaluate(
         raise ZeusError("nothing to evaluate: pass --run RUN, or --pred P --gt G")
     typer.echo(format_summary(summary))
     typer.echo(f"{summary.cases} case(s) -> {folder}/cases.csv, slices.csv, summary.json")
+
+
+def postprocess(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+) -> None:
+    """Decide the run's 3-D post-processing on its validation cases (``zeus train`` does this itself; this is
+    for runs trained before it did): per class, keep the largest connected component where that raises Dice."""
+    from stage2_segment.postprocess import decide_for_run
+
+    decision = decide_for_run(run)
+    if decision is None:
+        typer.echo(f"{run} has no validation cases: no post-processing")
+        return
+    for name, raw in decision.val_dice_raw.items():
+        kept = decision.val_dice_largest_component[name]
+        mark = "largest component" if name in decision.largest_component else "raw"
+        typer.echo(f"{name:20s} validation Dice raw {_number(raw)}, largest component {_number(kept)} -> {mark}")
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -24,6 +24,7 @@ from shared.cases import CaseCache, CaseMeta
 from shared.errors import ZeusError
 from shared.manifest import Dataset
 from shared.workspace import slug
+from stage2_segment import postprocess
 from stage2_segment.config import BOX_REFERENCE, TrainConfig
 from stage2_segment.data import SliceDataset, forward_batch
 from stage2_segment.features import FeatureCache, feature_cache
@@ -41,6 +42,12 @@ class Predictor:
     ):
         self.run, self.dataset, self.config, self.model, self.device = run, dataset, config, model, device
         self.label_values = np.asarray([0, *dataset.manifest.targets.values()], np.uint8)  # class index -> value
+        decision = run.read_postprocessing()
+        unknown = [c for c in (decision.largest_component if decision else []) if c not in dataset.manifest.targets]
+        if unknown:
+            raise ZeusError(f"{run.postprocessing_json} names classes the run does not have: {unknown}")
+        # label values that keep their largest 3-D component only (decided on validation: postprocess.py)
+        self.largest_component = [dataset.manifest.targets[c] for c in decision.largest_component] if decision else []
 
     @classmethod
     def from_run(cls, run_dir: Path, *, root: Path | None = None, checkpoint: str = BEST) -> Predictor:
@@ -94,9 +101,14 @@ class Predictor:
             out.append(torch.softmax(logits.float(), dim=1).cpu())
         return torch.cat(out).permute(1, 0, 2, 3).numpy()
 
-    def label_map(self, probabilities: np.ndarray) -> np.ndarray:
+    def raw_label_map(self, probabilities: np.ndarray) -> np.ndarray:
         """uint8 ``[Z, S, S]`` manifest label values of the most probable class."""
         return self.label_values[probabilities.argmax(axis=0)]
+
+    def label_map(self, probabilities: np.ndarray) -> np.ndarray:
+        """The raw label map after the run's post-processing (the largest component of the classes chosen on
+        validation; none when the run has no decision)."""
+        return postprocess.apply(self.raw_label_map(probabilities), self.largest_component)
 
     def write(
         self, meta: CaseMeta, probabilities: np.ndarray, out_dir: Path, *, probability_maps: bool = False

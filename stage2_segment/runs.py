@@ -34,6 +34,7 @@ from stage2_segment.config import TrainConfig
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.csv"
+POSTPROCESSING_FILE = "postprocessing.json"
 LAST, BEST = "last.pt", "best.pt"
 EVALUATED_SPLIT = "test"  # the split the report shows
 
@@ -187,6 +188,26 @@ class ClassSummary:
 
 
 @dataclass(frozen=True)
+class Postprocessing:
+    """``postprocessing.json``: the classes whose predictions keep their largest 3-D component only, chosen
+    on the validation cases (``stage2_segment.postprocess``), with the mean validation Dice either way."""
+
+    largest_component: list[str]
+    val_dice_raw: dict[str, float | None] = field(default_factory=dict)
+    val_dice_largest_component: dict[str, float | None] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Postprocessing:
+        classes = data.get("largest_component")
+        if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+            raise ValueError("largest_component must be a list of class names")
+        return cls(classes, dict(data.get("val_dice_raw", {})), dict(data.get("val_dice_largest_component", {})))
+
+
+@dataclass(frozen=True)
 class EvaluationSource:
     """What was scored: a run's split (``run``, ``split``, ...) or external files (``predictions``, ...)."""
 
@@ -327,6 +348,19 @@ class RunFolder:
         if not self.log_csv.is_file():
             return []
         return _parse(self.log_csv, _log_rows)
+
+    @property
+    def postprocessing_json(self) -> Path:
+        return self.path / POSTPROCESSING_FILE
+
+    def write_postprocessing(self, decision: Postprocessing) -> None:
+        write_json(self.postprocessing_json, decision.to_json())
+
+    def read_postprocessing(self) -> Postprocessing | None:
+        """The run's post-processing decision; None when none was made (nothing is applied)."""
+        if not self.postprocessing_json.is_file():
+            return None
+        return _parse(self.postprocessing_json, lambda text: Postprocessing.from_json(json.loads(text)))
 
     def needs_evaluation(self, split: str = EVALUATED_SPLIT) -> bool:
         """A finished run whose evaluation is missing or older than its best checkpoint."""

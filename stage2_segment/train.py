@@ -457,4 +457,10 @@ def train(dataset: Dataset, config: TrainConfig, *, resume: bool = False, progre
         trainer.resume()
     elif resume:
         log.info("no checkpoint in %s yet: starting the run", trainer.run_dir)
-    return trainer.fit()
+    result = trainer.fit()
+    if distributed.main and data.val_ids:
+        from stage2_segment.postprocess import decide_for_run
+
+        decide_for_run(result.run_dir, progress=progress)
+    distributed.barrier()
+    return result
