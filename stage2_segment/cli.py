@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stage2_segment.config import TrainConfig
+from stage2_segment.config import TrainConfig, parse_duration
 
 
 def train(
@@ -40,6 +40,10 @@ def train(
         str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, or bf16 (autocast).")
     ] = TrainConfig.precision,
     slices_per_epoch: Annotated[int | None, typer.Option(help="Sample this many training slices per epoch.")] = None,
+    time_budget: Annotated[
+        str | None,
+        typer.Option(help="Wall time for the whole command, e.g. 60m: epochs are planned from the measured step time."),
+    ] = None,
     early_stopping: Annotated[int | None, typer.Option(help="Patience in epochs (validation Dice).")] = None,
     num_workers: Annotated[int, typer.Option(min=0, help="Data-loader processes.")] = TrainConfig.num_workers,
     data_on_device: Annotated[
@@ -78,6 +82,7 @@ def train(
         precision=precision,
         slices_per_epoch=slices_per_epoch,
         early_stopping=early_stopping,
+        time_budget=parse_duration(time_budget) if time_budget else None,
         num_workers=num_workers,
         data_on_device=data_on_device,
         image_size=image_size,

@@ -43,6 +43,8 @@ class TrainConfig:
     num_tokens: int = 2
     image_size: int = DEFAULT_IMAGE_SIZE
     slices_per_epoch: int | None = None  # sample this many slices per epoch (default: all)
+    # seconds the whole `zeus train` may take: epochs are then planned from the measured step time
+    time_budget: float | None = None
     early_stopping: int | None = None  # stop after this many epochs without a better validation Dice
     num_workers: int = 0
     # Hold the training set on the device and index batches there (DeviceSlices); None: on CUDA only.
@@ -62,6 +64,8 @@ class TrainConfig:
             raise ZeusError(f"--text must be one of {list(TEXT_MODES)}, got {self.text!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ZeusError("epochs, batch size and learning rate must be positive")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ZeusError(f"--time-budget must be positive, got {self.time_budget} s")
         if self.model == BOX_REFERENCE and self.fusion == "early":
             raise ZeusError(
                 "--model litemedsam-boxes prompts the reference modality's own embedding: use --fusion late"
@@ -99,3 +103,16 @@ class TrainConfig:
         # A run written before ``--decoder`` existed decoded per target, whatever today's default.
         data = {"decoder": "per-target", **data}
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"60m"``, ``"1.5h"`` or plain seconds -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(value) * units[unit]
+    except ValueError:
+        raise ZeusError(f"--time-budget: expected a duration like 90s, 60m or 1.5h, got {text!r}") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ZeusError(f"--time-budget must be a positive duration, got {text!r}")
+    return seconds

@@ -10,13 +10,15 @@ GPU); rank 0 validates, logs and writes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import os
 import random
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -340,31 +342,60 @@ class Trainer:
             disable=not (self.progress and self.dist.main),
         )
         for batch in bar:
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            with self.autocast:
-                logits = self.ddp_model(batch["inputs"], batch.get("text"))
-            loss = union_loss(logits, batch["label"])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            losses.append(loss.item())
+            losses.append(self._step(batch))
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         return float(np.mean(losses))
 
+    def _step(self, batch: dict[str, torch.Tensor]) -> float:
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with self.autocast:
+            logits = self.ddp_model(batch["inputs"], batch.get("text"))
+        loss = union_loss(logits, batch["label"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.item()
+
     @torch.no_grad()
-    def validate(self) -> np.ndarray:
+    def validate(self, max_batches: int | None = None) -> np.ndarray:
         """Mean Dice per target over the validation cases (3-D, accumulated over slices)."""
         if self.val_set is None:
             return np.full(len(self.dataset.manifest.targets), np.nan)
         self.model.eval()
         overlap = VolumeOverlap(len(self.dataset.manifest.targets))
-        for batch in DataLoader(self.val_set, batch_size=self.config.batch_size, shuffle=False):
+        loader = DataLoader(self.val_set, batch_size=self.config.batch_size, shuffle=False)
+        for batch in itertools.islice(loader, max_batches):
             case_ids = [self.val_set.case_of(int(i)) for i in batch["index"]]
             with self.autocast:
                 logits = forward_batch(self.model, batch, self.device)
             overlap.update(case_ids, logits.argmax(dim=1).cpu(), batch["label"])
         return overlap.mean_dice_per_class()
+
+    def measure_epoch_seconds(self, steps: int = 3) -> tuple[float, float]:
+        """(seconds of one training epoch, seconds of one validation pass + checkpoints), from ``steps`` timed
+        training steps after a warm-up step and two timed validation batches. It trains: use a trainer that
+        is thrown away afterwards."""
+        batches = iter(self._batches())
+        self.ddp_model.train()
+        self._step(next(batches))  # warm-up: first-call allocations
+        timed = list(itertools.islice(batches, steps))
+        start = time.perf_counter()
+        for batch in timed:
+            self._step(batch)
+        step_seconds = (time.perf_counter() - start) / max(1, len(timed))
+        validation = 0.0
+        if self.val_set is not None:
+            batches_per_pass = math.ceil(len(self.val_set) / self.config.batch_size)
+            self.validate(max_batches=1)  # warm-up
+            start = time.perf_counter()
+            self.validate(max_batches=min(2, batches_per_pass))
+            validation = (time.perf_counter() - start) / min(2, batches_per_pass) * batches_per_pass
+        with tempfile.TemporaryDirectory() as folder:
+            start = time.perf_counter()
+            save_checkpoint(Path(folder) / "timing.pt", self.state())
+            checkpoints = 2 * (time.perf_counter() - start)  # last.pt, and best.pt when it improves
+        return step_seconds * self.steps_per_epoch, validation + checkpoints
 
     # -- run folder -----------------------------------------------------------------------------------------
 
@@ -447,11 +478,65 @@ def _tensorboard(folder: Path, row: dict[str, Any]) -> None:
                 writer.add_scalar(key, float(value), row["epoch"])
 
 
+def plan_epochs(
+    data: TrainingData, config: TrainConfig, budget: float, *, device: torch.device, distributed: Distributed
+) -> int:
+    """How many epochs fit in ``budget`` seconds, validation, checkpoints and the post-processing decision
+    included, measured with a trainer that is thrown away (the run's own trainer starts from its seed).
+    Every DDP rank takes rank 0's figure."""
+    trainer = Trainer(data, replace(config, epochs=1), device=device, distributed=distributed, progress=False)
+    start = time.perf_counter()
+    train_seconds, validation_seconds = trainer.measure_epoch_seconds()
+    measured = time.perf_counter() - start
+    # after the last epoch: the post-processing decision predicts the validation cases (about one pass)
+    available = budget - measured - validation_seconds
+    epochs = max(1, int(available // (train_seconds + validation_seconds)))
+    if distributed.world_size > 1:
+        shared = torch.tensor([epochs], device=device)
+        dist.broadcast(shared, src=0)
+        epochs = int(shared.item())
+    if distributed.main:
+        log.info(
+            "time budget %.0f s: %.1f s per epoch + %.1f s validation and checkpoints -> %d epoch(s)",
+            budget,
+            train_seconds,
+            validation_seconds,
+            epochs,
+        )
+        if available < train_seconds + validation_seconds:
+            log.warning("the time budget is shorter than one epoch: training 1 epoch")
+    return epochs
+
+
+def _budgeted(
+    data: TrainingData,
+    config: TrainConfig,
+    elapsed: float,
+    *,
+    resume: bool,
+    device: torch.device,
+    distributed: Distributed,
+) -> TrainConfig:
+    """The configuration with ``epochs`` sized to the time budget; a resumed run keeps its planned epochs."""
+    run = RunFolder.of(data.dataset.name, config.name)
+    if resume and run.checkpoint(LAST).is_file():
+        stored = run.read_info().train
+        if stored.time_budget == config.time_budget:
+            return replace(config, epochs=stored.epochs)
+    budget = config.time_budget - elapsed
+    return replace(config, epochs=plan_epochs(data, config, budget, device=device, distributed=distributed))
+
+
 def train(dataset: Dataset, config: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Prepare the run's data (explicitly, before the trainer exists), then train; under torchrun, DDP."""
+    """Prepare the run's data (explicitly, before the trainer exists), then train; under torchrun, DDP.
+    With ``config.time_budget`` the epochs are planned so that the whole command ends inside it."""
+    start = time.perf_counter()
     device = pick_device()
     distributed = Distributed.setup(device)
     data = prepare_training_data(dataset, config, device=device, distributed=distributed, progress=progress)
+    if config.time_budget is not None:
+        elapsed = time.perf_counter() - start
+        config = _budgeted(data, config, elapsed, resume=resume, device=device, distributed=distributed)
     trainer = Trainer(data, config, device=device, distributed=distributed, progress=progress)
     if resume and trainer.run.checkpoint(LAST).is_file():
         trainer.resume()
