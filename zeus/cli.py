@@ -184,19 +184,42 @@ def predict(
         typer.Option(
             "--input",
             help="The scan: a 4-D NIfTI, nnU-Net channel files (CASE_0000.nii.gz ...), MODALITY=PATH per modality "
-            "(NIfTI file or DICOM folder), or a CHAOS patient folder. Repeatable.",
+            "(NIfTI file or DICOM folder), or a CHAOS patient folder. Repeatable. Or a folder of scans: imagesTs "
+            "of an MSD / nnU-Net dataset, a CHAOS Test_Sets folder.",
         ),
     ],
     output: Annotated[Path, typer.Option(help="Folder for <case>.nii.gz (and probability maps).")],
     probabilities: Annotated[bool, typer.Option(help="Also write <case>_prob_<target>.nii.gz per target.")] = False,
     case_id: Annotated[str | None, typer.Option(help="Name of the case (default: from the file name).")] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="With a folder of scans: segment scans whose output exists too.")
+    ] = False,
     root: Annotated[Path | None, typer.Option("--root", help="Where the run's dataset is now.")] = None,
 ) -> None:
-    """Segment a new scan: stage-1 instructions for it (cached), then the run's model; NIfTI on the scan's grid."""
+    """Segment new scans: stage-1 instructions for them (cached), then the run's model; NIfTI on each scan's grid."""
     from shared.paths import output_folder
-    from zeus.pipeline import predict_scan
+    from shared.readers.scan import is_scan_folder, scans_in_folder
+    from stage2_segment.runs import RunFolder
+    from zeus.pipeline import predict_scan, predict_scans
 
     output_folder(output, "--output")
+    manifest = RunFolder(run).read_info().manifest if RunFolder(run).is_run() else None
+    folder = Path(input[0]).expanduser() if len(input) == 1 else None
+    if manifest is not None and folder is not None and is_scan_folder(manifest, folder):
+        if case_id is not None:
+            raise ZeusError("--case-id names one scan; a folder's scans are named by their files")
+        done = predict_scans(
+            run,
+            scans_in_folder(manifest, folder),
+            output,
+            root=root,
+            probability_maps=probabilities,
+            overwrite=overwrite,
+        )
+        typer.echo(f"{len(done.written)} file(s) written to {output}; {len(done.skipped)} scan(s) skipped")
+        if done.skipped:
+            typer.echo(f"skipped (output exists; --overwrite to redo): {', '.join(done.skipped)}")
+        return
     written = predict_scan(run, input, output, case_id=case_id, root=root, probability_maps=probabilities)
     for path in written:
         typer.echo(f"wrote {path}")

@@ -9,6 +9,10 @@ Accepted forms, checked against the modalities the model was trained on:
 - for a CHAOS dataset, a patient folder (``.../MR/<id>`` holding ``T1DUAL/`` and ``T2SPIR/``).
 
 A scan has no label: the sources carry images only.
+
+``scans_in_folder`` lists the scans of a folder of many (``imagesTs`` of an MSD / nnU-Net dataset: 4-D NIfTIs
+or channel files grouped by case; a CHAOS ``Test_Sets`` folder, or its ``MR`` / ``CT`` folder, of patient
+folders), each as the inputs ``scan_sources`` takes.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import nibabel as nib
 from shared.errors import ZeusError
 from shared.manifest import Manifest
 from shared.paths import check_case_id
-from shared.readers.base import IMAGE_ENDINGS, CaseSources, VolumeSource, image_stem
+from shared.readers.base import IMAGE_ENDINGS, CaseSources, VolumeSource, image_stem, natural_key, visible_files
 from shared.readers.chaos import ChaosLayout, DicomSeries
 from shared.readers.nifti import Nifti4D, NiftiVolume
 
@@ -134,3 +138,39 @@ def _chaos_patient(manifest: Manifest, folder: Path, case_id: str | None) -> Cas
         )
     case = case_id or folder.name
     return CaseSources(case, sources.images, [])
+
+
+def is_scan_folder(manifest: Manifest, path: Path) -> bool:
+    """A folder of several scans (not one CHAOS patient's folder)."""
+    if not path.is_dir():
+        return False
+    return bool(visible_files(path, IMAGE_ENDINGS)) or not _is_chaos_patient(manifest, path)
+
+
+def _is_chaos_patient(manifest: Manifest, folder: Path) -> bool:
+    return manifest.layout.startswith("chaos") and any(
+        (folder / name).is_dir() for name in ("T1DUAL", "T2SPIR", "DICOM_anon")
+    )
+
+
+def scans_in_folder(manifest: Manifest, folder: Path) -> list[list[str]]:
+    """Each scan of ``folder`` as ``scan_sources`` inputs, in natural order; an empty folder is an error."""
+    files = visible_files(folder, IMAGE_ENDINGS)
+    if files:
+        by_case: dict[str, list[str]] = {}
+        for path in files:
+            match = NNUNET_CHANNEL.match(path.name)
+            by_case.setdefault(match["case"] if match else f"\0{path.name}", []).append(str(path))
+        return list(by_case.values())
+    if manifest.layout.startswith("chaos"):
+        kind = folder / ("MR" if manifest.layout == "chaos_mr" else "CT")
+        parent = kind if kind.is_dir() else folder
+        patients = [
+            p for p in sorted(parent.iterdir(), key=natural_key) if p.is_dir() and _is_chaos_patient(manifest, p)
+        ]
+        if patients:
+            return [[str(p)] for p in patients]
+    raise ZeusError(
+        f"no scans in {folder}: expected image files ({', '.join(IMAGE_ENDINGS)}: 4-D NIfTIs or nnU-Net channel "
+        "files CASE_0000.nii.gz ...)" + (" or CHAOS patient folders" if manifest.layout.startswith("chaos") else "")
+    )

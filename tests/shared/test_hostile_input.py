@@ -286,3 +286,29 @@ def test_non_finite_voxels_in_other_image_formats_are_refused_too(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
     with pytest.raises(DataError, match=r"0 NaN and 3 infinite voxel"):
         read_image_file(path, "x")
+
+
+def test_a_folder_of_scans_groups_channel_files_and_finds_chaos_patients(tmp_path):
+    from shared.errors import ZeusError
+    from shared.manifest import resolve_manifest
+    from shared.readers.scan import is_scan_folder, scans_in_folder
+
+    msd = resolve_manifest("msd_prostate")
+    folder = tmp_path / "imagesTs"
+    folder.mkdir()
+    for name in ("case_2_0001.nii.gz", "case_2_0000.nii.gz", "case_10_0000.nii.gz", "case_10_0001.nii.gz"):
+        (folder / name).write_bytes(b"")
+    assert is_scan_folder(msd, folder)
+    assert scans_in_folder(msd, folder) == [
+        [str(folder / "case_2_0000.nii.gz"), str(folder / "case_2_0001.nii.gz")],
+        [str(folder / "case_10_0000.nii.gz"), str(folder / "case_10_0001.nii.gz")],
+    ]
+    chaos = resolve_manifest("chaos")
+    test_sets = tmp_path / "Test_Sets"
+    for patient in ("3", "11"):
+        (test_sets / "MR" / patient / "T2SPIR" / "DICOM_anon").mkdir(parents=True)
+    (test_sets / "MR" / "notes").mkdir()
+    assert is_scan_folder(chaos, test_sets) and not is_scan_folder(chaos, test_sets / "MR" / "3")
+    assert scans_in_folder(chaos, test_sets) == [[str(test_sets / "MR" / "3")], [str(test_sets / "MR" / "11")]]
+    with pytest.raises(ZeusError, match="no scans in"):
+        scans_in_folder(msd, test_sets)

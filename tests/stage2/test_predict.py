@@ -63,3 +63,34 @@ def test_predict_refuses_a_scan_with_other_modalities(evaluated_run, tmp_path, m
     assert result.exit_code == 2
     assert "has 2 channel(s)" in result.output and "trained on 3 modalities" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_a_folder_of_scans_loads_once_and_skips_what_exists(evaluated_run, tmp_path, monkeypatch):
+    workspace, dataset, run = evaluated_run
+    shutil.copytree(workspace, tmp_path / "home")
+    monkeypatch.setenv("ZEUS_HOME", str(tmp_path / "home"))
+    run = tmp_path / "home" / run.relative_to(workspace)
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    for case in sorted(p.name for p in (dataset.root / "imagesTr").glob("*.nii.gz"))[:2]:
+        shutil.copy(dataset.root / "imagesTr" / case, images / f"new_{case}")
+    (images / ".hidden.nii.gz").write_bytes(b"")  # macOS fork-style files are not scans
+    args = ["predict", "--run", str(run), "--input", str(images), "--output", str(tmp_path / "out")]
+
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == sorted(p.name for p in images.glob("new_*.nii.gz"))
+    assert "2 file(s) written" in first.output and "0 scan(s) skipped" in first.output
+    stamp = (tmp_path / "out" / written[0]).stat().st_mtime_ns
+
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "0 file(s) written" in again.output and "2 scan(s) skipped" in again.output
+    assert (tmp_path / "out" / written[0]).stat().st_mtime_ns == stamp
+    redo = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert redo.exit_code == 0 and "2 file(s) written" in redo.output
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(app, ["predict", "--run", str(run), "--input", str(empty), "--output", str(tmp_path)])
+    assert result.exit_code == 2 and "no scans in" in result.output
