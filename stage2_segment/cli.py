@@ -39,6 +39,10 @@ def train(
     precision: Annotated[
         str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, or bf16 (autocast).")
     ] = TrainConfig.precision,
+    augment_copies: Annotated[
+        int,
+        typer.Option(min=0, help="Augmented copies per training case (rotation, scale, shift, gamma; no flips)."),
+    ] = TrainConfig.augment_copies,
     slices_per_epoch: Annotated[int | None, typer.Option(help="Sample this many training slices per epoch.")] = None,
     time_budget: Annotated[
         str | None,
@@ -80,6 +84,7 @@ def train(
         warmup_steps=warmup_steps,
         seed=seed,
         precision=precision,
+        augment_copies=augment_copies,
         slices_per_epoch=slices_per_epoch,
         early_stopping=early_stopping,
         time_budget=parse_duration(time_budget) if time_budget else None,

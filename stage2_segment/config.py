@@ -42,6 +42,8 @@ class TrainConfig:
     precision: str = "auto"  # one of PRECISIONS
     num_tokens: int = 2
     image_size: int = DEFAULT_IMAGE_SIZE
+    # augmented copies per training case, encoded once (stage2_segment.augment); 0: the original slices only
+    augment_copies: int = 0
     slices_per_epoch: int | None = None  # sample this many slices per epoch (default: all)
     # seconds the whole `zeus train` may take: epochs are then planned from the measured step time
     time_budget: float | None = None
@@ -64,6 +66,10 @@ class TrainConfig:
             raise ZeusError(f"--text must be one of {list(TEXT_MODES)}, got {self.text!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ZeusError("epochs, batch size and learning rate must be positive")
+        if self.augment_copies < 0:
+            raise ZeusError(f"--augment-copies must be 0 or more, got {self.augment_copies}")
+        if self.augment_copies and not self.uses_features:
+            raise ZeusError("--augment-copies augments cached image embeddings: the U-Net baseline has none")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ZeusError(f"--time-budget must be positive, got {self.time_budget} s")
         if self.model == BOX_REFERENCE and self.fusion == "early":

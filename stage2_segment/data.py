@@ -10,7 +10,8 @@ What crosses into the model (per sample):
   with ``with_labels=False``: new scans to predict);
 - ``index``: int64 scalar, the sample's position in ``SliceDataset.index`` (``case_of`` names its case).
 
-Slices where a target is absent are kept: they teach empty masks.
+Slices where a target is absent are kept: they teach empty masks. With ``copies`` augmented copies per case
+(``stage2_segment.augment``), ``set_epoch`` picks for every sample which version it reads this epoch.
 
 ``DeviceSlices`` holds a whole ``SliceDataset`` on a device (embeddings stay float16, labels uint8) and cuts
 batches there by index: on a GPU the per-sample loader, not the model, would set the pace. Its batches equal
@@ -28,6 +29,7 @@ from torch.utils.data import Dataset
 from shared.cases import CaseCache
 from shared.errors import ZeusError
 from shared.manifest import Manifest
+from stage2_segment.augment import variant
 from stage2_segment.features import FeatureCache
 from stage2_segment.instructions import InstructionTable
 
@@ -61,12 +63,24 @@ class SliceDataset(Dataset):
         instructions: InstructionTable | None,
         *,
         with_labels: bool = True,
+        copies: int = 0,
+        seed: int = 0,
     ):
         if not case_ids:
             raise ZeusError("no cases to train or evaluate on: check the splits")
+        if copies and features is None:
+            raise ZeusError("augmented copies are cached image embeddings: the U-Net baseline has none")
         self.cases, self.features, self.instructions, self.with_labels = cases, features, instructions, with_labels
+        self.copies, self.seed, self.epoch = copies, seed, 0
         self.lut = torch.from_numpy(class_lookup(cases.dataset.manifest))
         self.index = [(c, z) for c in case_ids for z in range(cases.meta(c).grid.array_shape[0])]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Samples of this epoch read the version ``augment.variant`` draws for (seed, epoch, sample)."""
+        self.epoch = epoch
+
+    def variant(self, i: int) -> int:
+        return variant(self.seed, self.epoch, i, self.copies)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -75,8 +89,9 @@ class SliceDataset(Dataset):
         return self.index[i][0]
 
     @lru_cache(maxsize=8)  # noqa: B019 - a few whole cases; the dataset lives as long as its loader
-    def _label(self, case_id: str) -> torch.Tensor:
-        return self.lut[torch.from_numpy(self.cases.label(case_id).astype(np.int64))]
+    def _label(self, case_id: str, copy: int = 0) -> torch.Tensor:
+        values = self.cases.label(case_id) if copy == 0 else self.features.load_label(case_id, copy)
+        return self.lut[torch.from_numpy(values.astype(np.int64))]
 
     @lru_cache(maxsize=8)  # noqa: B019 - as above
     def _image(self, case_id: str) -> np.ndarray:
@@ -84,13 +99,14 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         case_id, z = self.index[i]
+        copy = self.variant(i)
         if self.features is not None:
-            inputs = np.asarray(self.features.load(case_id)[z], dtype=np.float32)
+            inputs = np.asarray(self.features.load(case_id, copy)[z], dtype=np.float32)
         else:
             inputs = self._image(case_id)[:, z]
         sample = {"inputs": torch.from_numpy(np.ascontiguousarray(inputs)), "index": torch.tensor(i)}
         if self.with_labels:
-            sample["label"] = self._label(case_id)[z]
+            sample["label"] = self._label(case_id, copy)[z]
         if self.instructions is not None:
             sample["text"] = torch.from_numpy(self.instructions.for_case(case_id)[z])
         return sample
@@ -101,13 +117,24 @@ class DeviceSlices:
     would collate for those indices."""
 
     def __init__(self, dataset: SliceDataset, device: torch.device):
+        self.dataset = dataset
         case_ids = list(dict.fromkeys(case_id for case_id, _ in dataset.index))
-        inputs = [self._inputs(dataset, c) for c in case_ids]
-        self.inputs = torch.cat([torch.from_numpy(np.ascontiguousarray(x)) for x in inputs]).to(device)
-        if len(self.inputs) != len(dataset):
-            raise ZeusError(f"{len(self.inputs)} cached slices for {len(dataset)} samples: rerun `zeus train`")
+        copies = range(dataset.copies + 1)
+        # [copies + 1, N, ...]: every version of every sample
+        self.inputs = torch.stack(
+            [
+                torch.cat([torch.from_numpy(np.ascontiguousarray(self._inputs(dataset, c, k))) for c in case_ids])
+                for k in copies
+            ]
+        ).to(device)
+        if self.inputs.shape[1] != len(dataset):
+            raise ZeusError(f"{self.inputs.shape[1]} cached slices for {len(dataset)} samples: rerun `zeus train`")
         self.label = (
-            torch.cat([dataset._label(c).to(torch.uint8) for c in case_ids]).to(device) if dataset.with_labels else None
+            torch.stack([torch.cat([dataset._label(c, k).to(torch.uint8) for c in case_ids]) for k in copies]).to(
+                device
+            )
+            if dataset.with_labels
+            else None
         )
         self.text = (
             torch.cat([torch.from_numpy(dataset.instructions.for_case(c)) for c in case_ids]).to(device)
@@ -116,19 +143,21 @@ class DeviceSlices:
         )
 
     @staticmethod
-    def _inputs(dataset: SliceDataset, case_id: str) -> np.ndarray:
+    def _inputs(dataset: SliceDataset, case_id: str, copy: int) -> np.ndarray:
         if dataset.features is not None:
-            return np.asarray(dataset.features.load(case_id))  # Z x C' x 256 x 64 x 64, float16
+            return np.asarray(dataset.features.load(case_id, copy))  # Z x C' x 256 x 64 x 64, float16
         return dataset._image(case_id).transpose(1, 0, 2, 3)  # Z x M x S x S
 
     def __len__(self) -> int:
-        return len(self.inputs)
+        return self.inputs.shape[1]
 
     def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The samples ``indices``, each in the version its dataset reads this epoch."""
+        copies = torch.tensor([self.dataset.variant(int(i)) for i in indices]).to(self.inputs.device)
         indices = indices.to(self.inputs.device)
-        batch = {"inputs": self.inputs[indices].float(), "index": indices}
+        batch = {"inputs": self.inputs[copies, indices].float(), "index": indices}
         if self.label is not None:
-            batch["label"] = self.label[indices].long()
+            batch["label"] = self.label[copies, indices].long()
         if self.text is not None:
             batch["text"] = self.text[indices]
         return batch

@@ -5,6 +5,9 @@ for early fusion, whose encoder sees the modalities stacked as input channels), 
 the preprocessed case's image signature and the encoder's cost (images, seconds) for the report. Written
 atomically; recomputed when the case's images change.
 Uncompressed ``.npy`` so training memory-maps it and reads only the slices of a batch.
+
+Augmented copies (``--augment-copies``, ``stage2_segment.augment``): ``<case>.aug<k>.npy`` with the label moved
+the same way in ``<case>.aug<k>.label.npy`` (uint8 ``[Z, S, S]`` label values) and ``<case>.aug<k>.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from tqdm import tqdm
 from shared.atomic import write_atomic, write_json
 from shared.cases import CaseCache
 from shared.workspace import features_dir
+from stage2_segment.augment import AUGMENT_VERSION, SliceAugmentation
 from stage2_segment.config import TrainConfig
 from stage2_segment.modeling.encoders import FrozenImageEncoder
 
@@ -46,41 +50,61 @@ class FeatureCache:
         name = f"{encoder.name}-early{encoder.in_channels}-colours" if early else encoder.name
         self.folder = root or features_dir(cases.dataset.name, f"{name}-{cases.image_size}px")
 
-    def path(self, case_id: str) -> Path:
-        return self.folder / f"{case_id}.npy"
+    def _stem(self, case_id: str, copy: int) -> str:
+        return case_id if copy == 0 else f"{case_id}.aug{copy}"
 
-    def is_current(self, case_id: str) -> bool:
-        sidecar = self.folder / f"{case_id}.json"
-        if not (self.path(case_id).is_file() and sidecar.is_file()):
+    def path(self, case_id: str, copy: int = 0) -> Path:
+        return self.folder / f"{self._stem(case_id, copy)}.npy"
+
+    def label_path(self, case_id: str, copy: int) -> Path:
+        """The label of augmented copy ``copy`` (>= 1), moved with its image."""
+        return self.folder / f"{self._stem(case_id, copy)}.label.npy"
+
+    def _signature(self, case_id: str, copy: int) -> str:
+        meta = self.cases.meta(case_id)
+        return meta.image_signature if copy == 0 else f"{meta.image_signature}|{meta.label_signature}|{AUGMENT_VERSION}"
+
+    def is_current(self, case_id: str, copy: int = 0) -> bool:
+        sidecar = self.folder / f"{self._stem(case_id, copy)}.json"
+        files = [self.path(case_id, copy), sidecar] + ([self.label_path(case_id, copy)] if copy else [])
+        if not all(f.is_file() for f in files):
             return False
-        return (
-            json.loads(sidecar.read_text(encoding="utf-8")).get("image_signature")
-            == self.cases.meta(case_id).image_signature
-        )
+        return json.loads(sidecar.read_text(encoding="utf-8")).get("image_signature") == self._signature(case_id, copy)
 
-    def ensure(self, case_ids: list[str], progress: bool = True) -> int:
-        """Compute the embeddings of the cases not cached yet; returns how many cases were computed."""
-        todo = [c for c in case_ids if not self.is_current(c)]
-        for case_id in tqdm(todo, desc="image embeddings", unit="case", disable=not progress):
+    def ensure(self, case_ids: list[str], progress: bool = True, copies: int = 0) -> int:
+        """Compute the embeddings (and ``copies`` augmented copies) of the cases not cached yet; returns how
+        many entries were computed."""
+        todo = [(c, k) for c in case_ids for k in range(copies + 1) if not self.is_current(c, k)]
+        for case_id, copy in tqdm(todo, desc="image embeddings", unit="entry", disable=not progress):
             start = time.perf_counter()
-            embeddings = self._compute(case_id)
-            write_atomic(self.path(case_id), lambda tmp, e=embeddings: _save_npy(tmp, e))
+            image = self.cases.load(case_id, with_label=copy > 0)
+            pixels = image.image
+            if copy:
+                augmentation = SliceAugmentation.draw(case_id, copy, pixels.shape[0], pixels.shape[-1])
+                pixels, label = augmentation.apply(pixels, image.label)
+                write_atomic(self.label_path(case_id, copy), lambda tmp, a=label: _save_npy(tmp, a))
+            embeddings = self._compute(pixels)
+            write_atomic(self.path(case_id, copy), lambda tmp, e=embeddings: _save_npy(tmp, e))
             sidecar = {
-                "image_signature": self.cases.meta(case_id).image_signature,
+                "image_signature": self._signature(case_id, copy),
                 "slices": int(embeddings.shape[0]),
                 "images": int(embeddings.shape[0] * embeddings.shape[1]),
                 "seconds": round(time.perf_counter() - start, 3),
             }
-            write_json(self.folder / f"{case_id}.json", sidecar)
+            write_json(self.folder / f"{self._stem(case_id, copy)}.json", sidecar)
         return len(todo)
 
-    def load(self, case_id: str) -> np.ndarray:
+    def load(self, case_id: str, copy: int = 0) -> np.ndarray:
         """float16 ``[Z, C, 256, 64, 64]``, memory-mapped."""
-        return np.load(self.path(case_id), mmap_mode="r")
+        return np.load(self.path(case_id, copy), mmap_mode="r")
+
+    def load_label(self, case_id: str, copy: int) -> np.ndarray:
+        """uint8 ``[Z, S, S]`` label values of augmented copy ``copy``."""
+        return np.load(self.label_path(case_id, copy))
 
     @torch.no_grad()
-    def _compute(self, case_id: str) -> np.ndarray:
-        image = torch.from_numpy(self.cases.load(case_id, with_label=False).image)  # C x Z x S x S
+    def _compute(self, pixels: np.ndarray) -> np.ndarray:
+        image = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))  # C x Z x S x S
         channels, slices = image.shape[:2]
         if self.early:
             inputs = image.permute(1, 0, 2, 3)  # Z x C x S x S: one pass over all modalities
@@ -123,9 +147,10 @@ def encoder_costs(dataset: str) -> list[EncoderCost]:
     """Every image-embedding cache of a dataset with timed entries, in folder-name order."""
     costs = []
     for folder in sorted(p for p in features_dir(dataset).glob("*") if p.is_dir()):
-        sidecars = [json.loads(p.read_text(encoding="utf-8")) for p in folder.glob("*.json")]
-        timed = [s for s in sidecars if "images" in s]
+        sidecars = {p.name: json.loads(p.read_text(encoding="utf-8")) for p in folder.glob("*.json")}
+        timed = {name: s for name, s in sidecars.items() if "images" in s}
         if timed:
-            images, seconds = sum(s["images"] for s in timed), sum(s["seconds"] for s in timed)
-            costs.append(EncoderCost(folder.name, len(timed), images, seconds))
+            images, seconds = sum(s["images"] for s in timed.values()), sum(s["seconds"] for s in timed.values())
+            cases = sum(1 for name in timed if ".aug" not in name)  # augmented copies count as images, not cases
+            costs.append(EncoderCost(folder.name, cases, images, seconds))
     return costs

@@ -118,7 +118,8 @@ def prepare_training_data(
     train_ids, val_ids = (list(ids) for ids in splits.fold(config.fold))
     features = feature_cache(config, cases, device) if config.uses_features else None
     if features is not None and distributed.main:
-        features.ensure(train_ids + val_ids, progress=progress)
+        features.ensure(train_ids, progress=progress, copies=config.augment_copies)
+        features.ensure(val_ids, progress=progress)
     distributed.barrier()
     return TrainingData(dataset, cases, train_ids, val_ids, features, instructions)
 
@@ -170,7 +171,9 @@ class Trainer:
         self.run = run or RunFolder.of(data.dataset.name, config.name)
         self.autocast = mixed_precision(self.device, config.precision)
         self.features = data.features
-        self.train_set = SliceDataset(data.train_ids, data.cases, data.features, data.instructions)
+        self.train_set = SliceDataset(
+            data.train_ids, data.cases, data.features, data.instructions, copies=config.augment_copies, seed=config.seed
+        )
         self.val_set = (
             SliceDataset(data.val_ids, data.cases, data.features, data.instructions) if data.val_ids else None
         )
@@ -326,6 +329,7 @@ class Trainer:
     def _batches(self):
         """This epoch's batches: cut from the device-resident set, or collated by the loader (the same values)."""
         indices, size = self._epoch_indices(), self.config.batch_size
+        self.train_set.set_epoch(self.epoch)  # which augmented copy each slice reads
         if self.device_data is not None:
             chunks = [torch.tensor(indices[i : i + size]) for i in range(0, len(indices), size)]
             return map(self.device_data.batch, chunks)

@@ -105,11 +105,18 @@ def _killed_after_first_epoch(trainer: Trainer) -> None:
         trainer.fit()
 
 
-def test_resume_continues_exactly(stage2_dataset):
-    """Three steps per epoch, resumed after the first epoch: bitwise the same as a straight run."""
-    steps = {"batch_size": 1, "slices_per_epoch": 3, "epochs": 3, "warmup_steps": 2}
+@pytest.mark.parametrize("copies", [0, 2])
+def test_resume_continues_exactly(stage2_dataset, copies):
+    """Three steps per epoch, resumed after the first epoch: bitwise the same as a straight run, also with
+    augmentation drawing a version of each slice per epoch."""
+    steps = {"batch_size": 1, "slices_per_epoch": 3, "epochs": 3, "warmup_steps": 2, "augment_copies": copies}
     straight = _trainer(stage2_dataset, run_name="straight", **steps)
     assert straight.steps_per_epoch == 3
+    drawn = set()
+    for epoch in range(3):
+        straight.train_set.set_epoch(epoch)
+        drawn |= {straight.train_set.variant(i) for i in range(len(straight.train_set))}
+    assert drawn == ({0, 1, 2} if copies else {0})  # augmentation is active
     straight.fit()
     _killed_after_first_epoch(_trainer(stage2_dataset, run_name="resumed", **steps))
     resumed = _trainer(stage2_dataset, run_name="resumed", **steps)
@@ -146,7 +153,14 @@ def test_resume_with_other_settings_is_refused_by_name(stage2_dataset, change, m
 
 def test_device_resident_batches_train_exactly_as_the_loader(stage2_dataset):
     """The path for GPUs (the training set held on the device, batches indexed there), run on the CPU."""
-    steps = {"batch_size": 2, "slices_per_epoch": 5, "epochs": 2, "fusion": "late", "decoder": "joint"}
+    steps = {
+        "batch_size": 2,
+        "slices_per_epoch": 5,
+        "epochs": 2,
+        "fusion": "late",
+        "decoder": "joint",
+        "augment_copies": 1,
+    }
     loader = _trainer(stage2_dataset, run_name="loader", data_on_device=False, **steps)
     resident = _trainer(stage2_dataset, run_name="resident", data_on_device=True, **steps)
     assert loader.device_data is None and resident.device_data is not None
