@@ -82,6 +82,7 @@ def schema(dim: int) -> pa.Schema:
             pa.field("has_body", pa.bool_(), nullable=False),
             pa.field("description", pa.string(), nullable=False),
             pa.field("instruction", pa.string(), nullable=False),
+            pa.field("instruction_source", pa.string(), nullable=False),
             pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
             pa.field("describe_model", pa.string(), nullable=False),
             pa.field("instruct_model", pa.string(), nullable=False),
@@ -143,6 +144,8 @@ class RunLogEntry:
     seconds: float
     model_calls: int | None = None  # None in logs written before the field existed
     unknown_targets: list[str] = field(default_factory=list)  # targets without a knowledge entry
+    llm_kept: int = 0  # LLM instructions kept by the faithfulness check (0 in logs written before it)
+    llm_replaced: int = 0  # ... replaced by the template sentence
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunLogEntry:

@@ -58,13 +58,10 @@ def run(
     from stage1_instruct.config import VllmOptions
     from stage1_instruct.runners import Shard, run_local, run_ray
 
-    if backend not in PRESETS:
-        raise ZeusError(f"--backend must be one of {list(PRESETS)}, got {backend!r}")
-    preset = PRESETS[backend]
-    config = Stage1Config(
-        describe=describe or preset.describe,
-        instruct=instruct or preset.instruct,
-        embed=embed or preset.embed,
+    steps = {k: v for k, v in (("describe", describe), ("instruct", instruct), ("embed", embed)) if v}
+    config = Stage1Config.from_preset(
+        backend,
+        **steps,
         vlm=vlm,
         llm=llm,
         embedder=embedder,
@@ -82,6 +79,24 @@ def run(
     else:
         raise ZeusError(f"--engine must be local or ray, got {engine!r}")
     typer.echo(report.summary())
+
+
+@app.command("stats")
+def stats(
+    dataset: DatasetArg,
+    root: RootOpt = None,
+    tag: Annotated[str, typer.Option(help="Store folder.")] = PRESETS["offline"].tag,
+) -> None:
+    """Per target: distinct instructions, their sources (LLM kept, template fallback...), and the embeddings'
+    mean cosine similarity within the target and across targets."""
+    from shared.instructions import InstructionStore
+    from shared.manifest import resolve_dataset
+    from stage1_instruct.stats import format_statistics, store_statistics
+
+    ds = resolve_dataset(dataset, root)
+    store = InstructionStore.of(ds.name, tag)
+    typer.echo(f"{store.folder}: {len(store.case_ids())} case(s)")
+    typer.echo(format_statistics(store_statistics(store.read())))
 
 
 @app.command("show")

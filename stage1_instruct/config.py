@@ -70,6 +70,14 @@ class Stage1Config:
         return asdict(self)
 
     @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> Stage1Config:
+        """A ``--backend`` preset's three backends (``shared.instructions.PRESETS``), other fields overridden."""
+        if name not in PRESETS:
+            raise ZeusError(f"--backend must be one of {list(PRESETS)}, got {name!r}")
+        preset = PRESETS[name]
+        return cls(**{"describe": preset.describe, "instruct": preset.instruct, "embed": preset.embed, **overrides})
+
+    @classmethod
     def from_json(cls, data: dict[str, Any]) -> Stage1Config:
         return cls(**{**data, "vllm": VllmOptions(**data.get("vllm", {}))})
 

@@ -28,8 +28,10 @@ from shared.provenance import package_versions
 from stage1_instruct.backends import Backends
 from stage1_instruct.config import Stage1Config
 from stage1_instruct.describe import DescribeItem, Description, description_text
-from stage1_instruct.describe.image_facts import has_body
-from stage1_instruct.instruct import InstructItem
+from stage1_instruct.describe.regions import has_body
+from stage1_instruct.instruct import InstructItem, target_name
+from stage1_instruct.instruct.faithfulness import faithfulness_problems
+from stage1_instruct.instruct.template import template_instruction
 from stage1_instruct.knowledge import knowledge_hash
 from stage1_instruct.prompts import Prompts, render
 
@@ -49,6 +51,16 @@ class Request:
     has_body: bool
     channel: int = -1  # image channel of a modality request
     components: tuple[str, ...] = ()  # union: the keys of its modality requests
+    body_position: float | None = None  # the slice's place between the first and last slice with body
+
+
+def _body_position(body_per_slice: np.ndarray, z: int) -> float | None:
+    """Where slice ``z`` lies between the first (0) and last (1) slice with body; None without body."""
+    found = np.flatnonzero(body_per_slice)
+    if not body_per_slice[z] or found.size == 0:
+        return None
+    first, last = int(found[0]), int(found[-1])
+    return round((z - first) / (last - first), 4) if last > first else 0.5
 
 
 @dataclass
@@ -60,6 +72,8 @@ class Stats:
     instructed: int = 0  # LLM prompts generated
     embedded: int = 0  # texts embedded
     no_body: int = 0  # requests on slices without body tissue
+    llm_kept: int = 0  # LLM instructions that passed the faithfulness check
+    llm_replaced: int = 0  # ... that failed it and were replaced by the template sentence
 
     def __iadd__(self, other: Stats) -> Stats:
         for f in fields(self):
@@ -105,27 +119,53 @@ class InstructionGenerator:
         manifest = self.dataset.manifest
         n_slices = case.image.shape[1]
         h, w = case.meta.transform.resized
+        bodies = np.array(
+            [[has_body(case.image[c, z, :h, :w]) for z in range(n_slices)] for c in range(len(manifest.modalities))]
+        ).reshape(len(manifest.modalities), n_slices)
         requests = []
         for z in range(n_slices):
             position = round(z / (n_slices - 1), 4) if n_slices > 1 else 0.5
             per_target: dict[str, list[str]] = {t: [] for t in manifest.targets}
-            bodies = []
             for c, modality in enumerate(manifest.modalities):
-                image = case.image[c, z]
-                body = has_body(image[:h, :w])
-                bodies.append(body)
-                content = hashlib.sha256(image.tobytes()).hexdigest()
+                level = _body_position(bodies[c], z)
+                content = hashlib.sha256(case.image[c, z].tobytes()).hexdigest()
                 for target, value in manifest.targets.items():
                     key = _hash(
-                        "modality", content, modality.name, modality.description, target, position, self.fingerprint
+                        "modality",
+                        content,
+                        modality.name,
+                        modality.description,
+                        target,
+                        position,
+                        level,
+                        self.fingerprint,
                     )
-                    requests.append(Request(case.case_id, z, modality.name, target, value, key, body, channel=c))
+                    requests.append(
+                        Request(
+                            case.case_id,
+                            z,
+                            modality.name,
+                            target,
+                            value,
+                            key,
+                            bool(bodies[c, z]),
+                            c,
+                            body_position=level,
+                        )
+                    )
                     per_target[target].append(key)
             for target, value in manifest.targets.items():
                 key = _hash(UNION, target, per_target[target], self.fingerprint)
                 requests.append(
                     Request(
-                        case.case_id, z, UNION, target, value, key, any(bodies), components=tuple(per_target[target])
+                        case.case_id,
+                        z,
+                        UNION,
+                        target,
+                        value,
+                        key,
+                        bool(bodies[:, z].any()),
+                        components=tuple(per_target[target]),
                     )
                 )
         return requests
@@ -145,7 +185,7 @@ class InstructionGenerator:
         needed = dict.fromkeys(k for r in todo for k in ((r.key,) if r.modality != UNION else r.components))
         descriptions = self._describe(case, [by_key[k] for k in needed], existing, stats)
         texts = self._instruct(todo, descriptions, stats)
-        vectors = self._embed(list(texts.values()), stats)
+        vectors = self._embed([text for text, _ in texts.values()], stats)
         rows = [
             existing[r.key] | self._identity(r) if r.key in existing else self._row(r, descriptions, texts, vectors)
             for r in requests
@@ -198,14 +238,21 @@ class InstructionGenerator:
             modality_phrase=modality.description,
             target=r.target,
             slice_position=r.slice_index / (n - 1) if n > 1 else 0.5,
+            body_position=r.body_position,
         )
 
-    def _instruct(self, todo: list[Request], descriptions: dict[str, Description], stats: Stats) -> dict[str, str]:
-        texts: dict[str, str] = {}
+    def _instruct(
+        self, todo: list[Request], descriptions: dict[str, Description], stats: Stats
+    ) -> dict[str, tuple[str, str]]:
+        """Request key -> (instruction, its source: ``llm``, ``template-fallback``, ``template`` or ``fixed``)."""
+        texts: dict[str, tuple[str, str]] = {}
         items: dict[str, InstructItem] = {}  # request key -> item needing the LLM
         for r in todo:
             if not r.has_body:
-                texts[r.key] = f"The {r.target} is not in this slice: no body tissue is visible."
+                texts[r.key] = (
+                    f"The {target_name(r.target)} is not in this slice: no body tissue is visible.",
+                    "fixed",
+                )
                 continue
             items[r.key] = self._instruct_item(r, self._described_modalities(r, descriptions))
         unique: dict[str, InstructItem] = {}
@@ -213,13 +260,27 @@ class InstructionGenerator:
             if item.prompt not in self._instructions:
                 unique.setdefault(item.prompt, item)
         prompts = list(unique)
+        instructor = self.backends.instructor
         for start in range(0, len(prompts), self.config.batch_size):
-            batch = prompts[start : start + self.config.batch_size]
-            generated = self.backends.instructor.instruct([unique[p] for p in batch])
-            self._instructions.update(zip(batch, generated, strict=True))
+            batch = [unique[p] for p in prompts[start : start + self.config.batch_size]]
+            for item, text in zip(batch, instructor.instruct(batch), strict=True):
+                self._instructions[item.prompt] = self._checked(item, text, instructor.source, stats)
         stats.instructed += len(prompts)
         texts.update({key: self._instructions[item.prompt] for key, item in items.items()})
         return texts
+
+    @staticmethod
+    def _checked(item: InstructItem, text: str, source: str, stats: Stats) -> tuple[str, str]:
+        """An LLM's instruction if it is faithful to its facts, else the template sentence (logged)."""
+        if source != "llm":
+            return text, source
+        problems = faithfulness_problems(text, item)
+        if not problems:
+            stats.llm_kept += 1
+            return text, "llm"
+        stats.llm_replaced += 1
+        log.debug("replaced %r (%s) for %s/%s", text, "; ".join(problems), item.target, item.modality)
+        return template_instruction(item), "template-fallback"
 
     def _described_modalities(self, r: Request, descriptions: dict[str, Description]) -> dict[str, Description]:
         """Modality name -> description: the request's own, or, for a union request, each of its modalities'."""
@@ -231,15 +292,15 @@ class InstructionGenerator:
         manifest = self.dataset.manifest
         pairs = tuple((manifest.modality(name).description, d) for name, d in described.items())
         if r.modality == UNION:
-            shared = {k: v for k, v in pairs[0][1].items() if k in ("location", "level")}
-            listing = "\n".join(
-                [description_text(shared)]
-                + [f"- {phrase}: {d.get('intensity', d.get('location', ''))}" for phrase, d in pairs]
+            listing = "\n".join(f"- {phrase}: {description_text(d)}" for phrase, d in pairs)
+            prompt = render(
+                self.prompts.union, modality="several modalities", instance=target_name(r.target), description=listing
             )
-            prompt = render(self.prompts.union, modality="several modalities", instance=r.target, description=listing)
         else:
             phrase, d = pairs[0]
-            prompt = render(self.prompts.instruct, modality=phrase, instance=r.target, description=description_text(d))
+            prompt = render(
+                self.prompts.instruct, modality=phrase, instance=target_name(r.target), description=description_text(d)
+            )
         return InstructItem(r.target, r.modality, pairs, prompt)
 
     def _embed(self, texts: Iterable[str], stats: Stats) -> dict[str, np.ndarray]:
@@ -265,12 +326,14 @@ class InstructionGenerator:
     def _row(self, r: Request, descriptions: dict, texts: dict, vectors: dict) -> dict[str, Any]:
         described = self._described_modalities(r, descriptions)
         description = described if r.modality == UNION else described[r.modality]
+        text, source = texts[r.key]
         return self._identity(r) | {
             "request_key": r.key,
             "has_body": r.has_body,
             "description": json.dumps(description, sort_keys=True),
-            "instruction": texts[r.key],
-            "embedding": vectors[texts[r.key]],
+            "instruction": text,
+            "instruction_source": source,
+            "embedding": vectors[text],
             "describe_model": self.fingerprint["describe"],
             "instruct_model": self.fingerprint["instruct"],
             "embed_model": self.fingerprint["embed"],

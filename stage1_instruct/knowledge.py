@@ -24,28 +24,59 @@ _WORDS = {"r": "right", "rt": "right", "l": "left", "lt": "left", "tumor": "tumo
 
 
 @dataclass(frozen=True)
+class RegionPrior:
+    """Where and how a target shows in an axial section, in the body coordinates of ``describe/regions.py``
+    (x: -1 patient's right edge .. +1 left edge; y: -1 anterior .. +1 posterior), its share of the body
+    section, and its brightness relative to the body's median per modality: a range ``[low, high]`` of that
+    ratio, or a word (``brighter``, ``darker``, ``similar``, ``any``); looked up like ``looks_in``."""
+
+    x: tuple[float, float]
+    y: tuple[float, float]
+    area: tuple[float, float]
+    brightness: dict[str, str | list[float]] = field(default_factory=dict)
+
+    def brightness_in(self, modality: str) -> tuple[float, float]:
+        """The expected range of (region mean / body median) in this modality."""
+        value = _by_modality(self.brightness, modality, "any")
+        return tuple(value) if isinstance(value, list) else _BRIGHTNESS_WORDS[value]
+
+
+_BRIGHTNESS_WORDS = {
+    "brighter": (1.15, float("inf")),
+    "darker": (0.0, 0.85),
+    "similar": (0.85, 1.15),
+    "any": (0.0, float("inf")),
+}
+
+
+def _by_modality(entries: dict, modality: str, fallback):
+    """A modality's own entry, else the longest entry its name starts with (``T2SPIR`` -> ``T2``), else the
+    ``default`` entry, else ``fallback``."""
+    if modality in entries:
+        return entries[modality]
+    plain = re.sub(r"[^a-z0-9]", "", modality.lower())
+    prefixes = [k for k in entries if k != "default" and plain.startswith(re.sub(r"[^a-z0-9]", "", k.lower()))]
+    if prefixes:
+        return entries[max(prefixes, key=len)]
+    return entries.get("default") or fallback
+
+
+@dataclass(frozen=True)
 class TargetKnowledge:
     name: str
     known: bool = False  # False: no entry matched the name; the fields below say nothing
+    entry: str = ""  # the knowledge entry the name matched
     location: str = "no prior knowledge of its location"
     side: str = "unknown"  # right | left | midline | either | unknown
     craniocaudal: tuple[float, float] = (0.0, 1.0)  # where it is expected: 0 = lowest slice, 1 = highest
     size_shape: str = "size and shape not described in the knowledge base"
     boundary: str = "boundary not described in the knowledge base"
     appearance: dict[str, str] = field(default_factory=dict)
+    region: RegionPrior | None = None  # None: nothing to match the slice's candidate regions against
 
     def looks_in(self, modality: str) -> str:
-        """The appearance for a modality: its own entry, else the longest entry its name starts with
-        (``T2SPIR`` -> ``T2``), else the default."""
-        if modality in self.appearance:
-            return self.appearance[modality]
-        plain = re.sub(r"[^a-z0-9]", "", modality.lower())
-        prefixes = [
-            k for k in self.appearance if k != "default" and plain.startswith(re.sub(r"[^a-z0-9]", "", k.lower()))
-        ]
-        if prefixes:
-            return self.appearance[max(prefixes, key=len)]
-        return self.appearance.get("default") or "appearance not described"
+        """The appearance for a modality (see ``_by_modality``)."""
+        return _by_modality(self.appearance, modality, "appearance not described")
 
 
 def name_key(name: str) -> str:
@@ -69,17 +100,36 @@ def knowledge_for(target: str) -> TargetKnowledge:
     found = _index().get(name_key(target))
     if found is None:
         return TargetKnowledge(name=target)
-    _, entry = found
+    entry_name, entry = found
+    expect = entry.get("expect")
     return TargetKnowledge(
         name=target,
         known=True,
+        entry=entry_name,
         location=entry["location"],
         side=entry.get("side", "either"),
         craniocaudal=tuple(entry.get("craniocaudal", (0.0, 1.0))),
         size_shape=entry["size_shape"],
         boundary=entry["boundary"],
         appearance=dict(entry["appearance"]),
+        region=RegionPrior(
+            x=tuple(expect["x"]),
+            y=tuple(expect["y"]),
+            area=tuple(expect["area"]),
+            brightness=dict(expect.get("brightness", {})),
+        )
+        if expect
+        else None,
     )
+
+
+def organ_names() -> list[tuple[str, str]]:
+    """Every spelling the knowledge base knows (entry names and aliases), each with the entry it names."""
+    spellings = []
+    for path in sorted(KNOWLEDGE_DIR.glob("*.json")):
+        for name, entry in json.loads(path.read_text(encoding="utf-8"))["targets"].items():
+            spellings.extend((spelling, name) for spelling in (name, *entry.get("aliases", ())))
+    return spellings
 
 
 def unknown_targets(targets: Iterable[str]) -> list[str]:

@@ -1,6 +1,6 @@
 """Prompt templates, kept as files in ``prompts/``: ``describe`` (vision-language model), ``instruct`` (LLM,
 one modality) and ``union`` (LLM, all modalities of a slice). Placeholders: ``<modality>``, ``<instance>``,
-``<description>``."""
+``<description>``, ``<position>`` (where the slice lies in the body)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,12 @@ class Prompts:
         return hashlib.sha256("\x00".join((self.describe, self.instruct, self.union)).encode()).hexdigest()[:16]
 
 
-def render(template: str, *, modality: str, instance: str, description: str = "") -> str:
-    return (
-        template.replace("<modality>", modality).replace("<instance>", instance).replace("<description>", description)
-    )
+def render(template: str, *, modality: str, instance: str, description: str = "", position: str = "") -> str:
+    for placeholder, value in (
+        ("<modality>", modality),
+        ("<instance>", instance),
+        ("<description>", description),
+        ("<position>", position),
+    ):
+        template = template.replace(placeholder, value)
+    return template

@@ -72,8 +72,16 @@ class RunReport:
         return (
             f"{s.cases} case(s), {s.requests} requests: {s.cached} cached, {s.requests - s.cached} generated "
             f"({s.described} described, {s.instructed} LLM prompts, {s.embedded} texts embedded; "
-            f"{s.no_body} on slices without body) in {self.seconds:.1f} s, {rate:.1f} requests/s -> {self.store.folder}"
+            f"{s.no_body} on slices without body{self._checked()}) in {self.seconds:.1f} s, {rate:.1f} requests/s "
+            f"-> {self.store.folder}"
         )
+
+    def _checked(self) -> str:
+        s = self.stats
+        checked = s.llm_kept + s.llm_replaced
+        if not checked:
+            return ""
+        return f"; LLM instructions: {s.llm_kept} kept, {s.llm_replaced} replaced by the template as unfaithful"
 
 
 def instruction_store(dataset: Dataset, config: Stage1Config) -> InstructionStore:

@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
+# What a vision-language model is asked for (prompts/describe.txt and the vLLM JSON schema agree on these).
 FIELDS = ("visible", "location", "level", "size_shape", "intensity", "boundary")
-Description = dict[str, str]
+# The text fields an instruction is written from: FIELDS plus the offline describer's matched ``region``. A
+# description may also hold ``facts``, the numbers behind the text (not shown to the LLM).
+TEXT_FIELDS = ("visible", "level", "location", "region", "size_shape", "intensity", "boundary")
+Description = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,16 @@ class DescribeItem:
     modality_phrase: str
     target: str
     slice_position: float  # 0 = lowest slice of the volume, 1 = highest
+    body_position: float | None = None  # 0 = lowest slice with body in this scan, 1 = highest; None: unknown
+
+    @property
+    def level_position(self) -> float:
+        """Where the slice lies within the body's extent (the scan's when that is not known)."""
+        return self.slice_position if self.body_position is None else self.body_position
+
+    def level_words(self) -> str:
+        """The slice's position for a prompt, e.g. ``"upper third of the body's extent (0.78)"``."""
+        return f"{level_third(self.level_position)} third of the body's extent in this scan ({self.level_position:.2f})"
 
     def crop(self) -> np.ndarray:
         return self.image[: self.valid_hw[0], : self.valid_hw[1]]
@@ -37,6 +51,10 @@ class DescribeItem:
         return Image.fromarray((np.clip(self.crop(), 0, 1) * 255).astype(np.uint8)).convert("RGB")
 
 
+def level_third(position: float) -> str:
+    return ("lower", "middle", "upper")[min(2, int(position * 3))]
+
+
 class Describer(Protocol):
     model_id: str
 
@@ -44,7 +62,9 @@ class Describer(Protocol):
 
 
 def description_text(description: Description) -> str:
-    return "; ".join(f"{key.replace('_', ' ')}: {description[key]}" for key in FIELDS if description.get(key))
+    return "; ".join(
+        f"{key.replace('_', ' ')}: {description[key]}" for key in TEXT_FIELDS if isinstance(description.get(key), str)
+    )
 
 
 def parse_description(text: str) -> Description:

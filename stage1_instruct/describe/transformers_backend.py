@@ -8,6 +8,7 @@ import logging
 from collections.abc import Sequence
 
 from stage1_instruct.describe import DescribeItem, Description, parse_description
+from stage1_instruct.instruct import target_name
 from stage1_instruct.prompts import Prompts, render
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,12 @@ class TransformersDescriber:
             self._load()
         out = []
         for item in items:
-            text = render(self.template, modality=item.modality_phrase, instance=item.target)
+            text = render(
+                self.template,
+                modality=item.modality_phrase,
+                instance=target_name(item.target),
+                position=item.level_words(),
+            )
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
             prompt = self._processor.apply_chat_template(messages, add_generation_prompt=True)
             inputs = self._processor(images=[item.to_pil()], text=prompt, return_tensors="pt")

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from stage1_instruct.config import VllmOptions
 from stage1_instruct.describe import FIELDS, DescribeItem, Description, parse_description
+from stage1_instruct.instruct import target_name
 from stage1_instruct.prompts import Prompts, render
 from stage1_instruct.vllm_engine import engine, sampling
 
@@ -38,7 +39,12 @@ class VllmDescriber:
                         {"type": "image_pil", "image_pil": item.to_pil()},
                         {
                             "type": "text",
-                            "text": render(self.template, modality=item.modality_phrase, instance=item.target),
+                            "text": render(
+                                self.template,
+                                modality=item.modality_phrase,
+                                instance=target_name(item.target),
+                                position=item.level_words(),
+                            ),
                         },
                     ],
                 }

@@ -28,13 +28,25 @@ class InstructItem:
 
 class Instructor(Protocol):
     model_id: str
+    source: str  # what its rows record as ``instruction_source``: "llm" or "template"
 
     def instruct(self, items: Sequence[InstructItem]) -> list[str]: ...
 
 
+def target_name(target: str) -> str:
+    """A label name as words: ``right_kidney`` -> ``right kidney``."""
+    return " ".join(re.split(r"[_\s]+", target)).strip()
+
+
+def names_target(text: str, target: str) -> bool:
+    """Whether ``text`` names ``target`` (as written or as words, any case)."""
+    pattern = r"[_\s-]+".join(re.escape(w) for w in target_name(target).split())
+    return re.search(pattern, text, flags=re.IGNORECASE) is not None
+
+
 def answer_prefix(item: InstructItem) -> str:
     """How an LLM's answer is made to start: anchors small models on the task and the target."""
-    return f"Segment the {item.target}"
+    return f"Segment the {target_name(item.target)}"
 
 
 def clean_instruction(text: str, target: str, max_sentences: int = 2, max_words: int = 60) -> str:
@@ -46,6 +58,6 @@ def clean_instruction(text: str, target: str, max_sentences: int = 2, max_words:
     words = text.split()
     if len(words) > max_words:
         text = " ".join(words[:max_words]).rstrip(",;:") + "."
-    if not re.search(re.escape(target), text, flags=re.IGNORECASE):
-        text = f"Segment the {target}. {text}".strip()
+    if not names_target(text, target):
+        text = f"Segment the {target_name(target)}. {text}".strip()
     return text

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class TransformersInstructor:
+    source = "llm"
+
     def __init__(self, model: str | None = None, *, max_new_tokens: int = 64, batch_size: int = 16):
         self.path = Path(model) if model else smollm2_gguf()
         if not self.path.exists():

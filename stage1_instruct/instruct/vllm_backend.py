@@ -11,6 +11,8 @@ from stage1_instruct.vllm_engine import engine, sampling
 
 
 class VllmInstructor:
+    source = "llm"
+
     def __init__(self, model: str, options: VllmOptions, *, max_new_tokens: int = 64, seed: int = 0):
         self.model, self.options, self.max_new_tokens, self.seed = model, options, max_new_tokens, seed
         self.model_id = model

@@ -8,12 +8,14 @@ import pytest
 from shared.cases import CaseCache
 from stage1_instruct.describe import DescribeItem, description_text, parse_description
 from stage1_instruct.describe.image_facts import ImageFactsDescriber, has_body
+from stage1_instruct.describe.transformers_backend import TransformersDescriber
 from stage1_instruct.embed.sentence_transformers_backend import SentenceTransformersEmbedder
 from stage1_instruct.embed.transformers_backend import TransformersEmbedder
 from stage1_instruct.instruct import InstructItem, clean_instruction
 from stage1_instruct.instruct.template import TemplateInstructor
 from stage1_instruct.instruct.transformers_backend import TransformersInstructor
 from stage1_instruct.prompts import Prompts, render
+from tests.factories import write_tiny_vlm
 
 TARGETS = ("liver", "spleen", "right kidney", "left kidney")
 
@@ -37,13 +39,13 @@ def test_image_facts_depend_on_target_modality_and_pixels(slice_items):
     texts = [description_text(d) for d in described]
     assert len(set(texts)) == len(texts)
     by = {(i.modality, i.target): d for i, d in zip(slice_items, described, strict=True)}
-    assert "image left (the patient's right)" in by["T2", "liver"]["location"]
-    assert "image right (the patient's left)" in by["T2", "spleen"]["location"]
+    assert "the patient's right half (the image left)" in by["T2", "liver"]["location"]
+    assert "the patient's left half (the image right)" in by["T2", "spleen"]["location"]
     assert "darker than spleen" in by["T2", "liver"]["intensity"]
     assert "upper third" in by["T2", "liver"]["level"]
     blank = DescribeItem(np.zeros((64, 64), np.float32), (53, 64), "T2", "T2 MRI", "liver", 0.5)
     assert not has_body(blank.crop()) and describer.describe([blank])[0]["visible"] == "no"
-    assert describer.model_id.startswith("image-facts/knowledge-")
+    assert describer.model_id.startswith("image-facts-v2/knowledge-")
 
 
 def _instruct_items(slice_items):
@@ -100,3 +102,26 @@ def test_parse_and_clean_model_output():
     assert parse_description("not json at all") == {"visible": "uncertain", "location": "not json at all"}
     cleaned = clean_instruction("Outline it. Then more. And more. " * 3, "spleen")
     assert cleaned == "Segment the spleen. Outline it. Then more."
+
+
+@pytest.mark.slow
+def test_transformers_describer_runs_a_real_vision_language_model(tmp_path):
+    """Image -> chat template (with the slice's position) -> generation -> a parsed Description, end to end
+    with a tiny random-weight LLaVA: the answer is noise, the plumbing is real."""
+    folder = write_tiny_vlm(tmp_path / "tiny-vlm")
+    describer = TransformersDescriber(str(folder), max_new_tokens=8)
+    describer._load()
+    prompts = []
+    render_chat = describer._processor.apply_chat_template
+    describer._processor.apply_chat_template = lambda *a, **k: prompts.append(render_chat(*a, **k)) or prompts[-1]
+    image = np.random.default_rng(0).random((80, 80)).astype(np.float32)
+    items = [
+        DescribeItem(image, (70, 80), "T2", "T2-weighted MRI", "right_kidney", 0.4, body_position=0.9),
+        DescribeItem(image[::-1].copy(), (80, 80), "T2", "T2-weighted MRI", "spleen", 0.1),
+    ]
+    described = describer.describe(items)
+    assert len(described) == 2 and all(isinstance(d.get("visible"), str) for d in described)
+    assert "<image>" in prompts[0] and "right kidney" in prompts[0]
+    assert "upper third of the body's extent in this scan (0.90)" in prompts[0]
+    assert "lower third of the body's extent in this scan (0.10)" in prompts[1]
+    assert describer.describe(items) == described  # greedy decoding: deterministic

@@ -181,3 +181,38 @@ def test_shards_split_the_cases_and_together_equal_the_full_run(tiny_dataset, mo
     monkeypatch.setenv("ZEUS_HOME", str(tmp_path / "whole"))
     run_local(tiny_dataset, TEMPLATE, progress=False)
     assert instruction_store(tiny_dataset, TEMPLATE).read().column("request_key").equals(sharded.column("request_key"))
+
+
+class HalfFaithfulLLM:
+    """An "LLM" that writes a faithful sentence for the liver and drops every fact for the other targets."""
+
+    model_id = "half-faithful"
+    source = "llm"
+
+    def instruct(self, items):
+        return [self._liver(i) if i.target == "liver" else f"Segment the {i.target}." for i in items]
+
+    @staticmethod
+    def _liver(item):
+        d = next(d for _, d in item.descriptions if d.get("visible") != "no")
+        visible = "unlikely" if d["visible"].startswith("unlikely") else "likely"
+        return f"Segment the liver, {visible} here, {d['level'].split()[0]} third, on the patient's right."
+
+
+def test_unfaithful_llm_instructions_are_replaced_by_the_template_and_counted(tiny_dataset):
+    models = build_backends(TEMPLATE)
+    models.instructor = HalfFaithfulLLM()
+    stats = _run(tiny_dataset, models=models)
+    rows = [r for r in instruction_store(tiny_dataset, TEMPLATE).read().to_pylist() if r["has_body"]]
+    sources = {(r["target"] == "liver", r["instruction_source"]) for r in rows}
+    assert sources == {(True, "llm"), (False, "template-fallback")}
+    fallback = [r for r in rows if r["instruction_source"] == "template-fallback"]
+    assert all("visibility:" in r["instruction"] and "third of the body" in r["instruction"] for r in fallback)
+    kept, replaced = sum(s.llm_kept for s in stats), sum(s.llm_replaced for s in stats)
+    assert kept > 0 and replaced > 0 and kept + replaced == sum(s.instructed for s in stats)
+
+
+def test_template_rows_record_their_source(tiny_dataset):
+    run_local(tiny_dataset, TEMPLATE, progress=False)
+    rows = instruction_store(tiny_dataset, TEMPLATE).read().to_pylist()
+    assert {r["instruction_source"] for r in rows if r["has_body"]} == {"template"}

@@ -69,3 +69,23 @@ def test_vllm_embedder_matches_sentence_transformers():
     assert ours.shape == (2, 384) and embedder.dim == 384
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
     assert np.all(np.sum(ours * reference, axis=1) > 0.99)
+
+
+def test_vllm_describer_on_a_tiny_vision_language_model(tmp_path):
+    """Image -> chat with one image -> JSON-schema-constrained generation -> parsed Description, with a tiny
+    random-weight LLaVA saved to a local folder: the schema forces every field of FIELDS to be there."""
+    from stage1_instruct.config import VllmOptions
+    from stage1_instruct.describe import FIELDS, DescribeItem
+    from stage1_instruct.describe.vllm_backend import VllmDescriber
+    from tests.factories import write_tiny_vlm
+
+    folder = write_tiny_vlm(tmp_path / "tiny-vlm")
+    options = VllmOptions(max_num_seqs=4, max_model_len=2048, gpu_memory_utilization=0.25)
+    describer = VllmDescriber(str(folder), options, max_new_tokens=96)
+    image = np.random.default_rng(0).random((80, 80)).astype(np.float32)
+    items = [
+        DescribeItem(image, (80, 80), "T2", "T2-weighted MRI", t, 0.5, body_position=0.7) for t in ("liver", "spleen")
+    ]
+    described = describer.describe(items)
+    assert len(described) == 2
+    assert all(set(d) <= set(FIELDS) and isinstance(d.get("visible", ""), str) for d in described)
