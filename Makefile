@@ -11,7 +11,7 @@ ROOT_OPT := $(if $(ROOT),--root $(ROOT),)
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo data test test-vllm lint format instructions train report bench clean
+.PHONY: setup demo data test test-vllm lint format instructions train ablation report bench clean
 
 setup: $(VENV)/.installed
 
@@ -78,6 +78,15 @@ TEXT ?= instructions
 EPOCHS ?= 10
 train: setup
 	$(ZEUS) train $(DATASET) $(ROOT_OPT) --fusion $(FUSION) --text $(TEXT) --epochs $(EPOCHS)
+
+## Does the text help? Both stage-1 stores, then every text mode x SEEDS seeds at equal settings, evaluated:
+## make ablation DATASET=chaos ROOT=/data/CHAOS [SEEDS=3 EPOCHS=10 ABLATE_OPTS="--decoder joint"]
+SEEDS ?= 3
+ablation: setup
+	$(ZEUS) instructions $(DATASET) $(ROOT_OPT) --backend offline
+	$(ZEUS) instructions $(DATASET) $(ROOT_OPT) --backend template
+	$(ZEUS) ablate $(DATASET) $(ROOT_OPT) --seeds $(SEEDS) --epochs $(EPOCHS) --fusion $(FUSION) $(ABLATE_OPTS)
+	$(ZEUS) report $(DATASET)
 
 ## Evaluate any run not evaluated yet (or retrained since), then write reports/<dataset>/report.{md,html}.
 report: setup

@@ -3,11 +3,14 @@
 1. cold run: time, requests/s, model calls (default: the offline backends, SmolLM2 instructing);
 2. warm rerun: time as a fraction of cold (target <= 5 %) and model calls (target 0);
 3. embedding throughput: our embedder vs sentence-transformers' own ``encode`` on the same texts (>= 90 %);
-4. peak memory with 1x and 4x the cases (template backend): it should stay flat.
+4. peak memory with 1x and 4x the cases (template backend): it should stay flat;
+5. the offline describer on one core: ms per image (body, candidate regions, matching every target; target
+   <= 50 ms), on the demo or on any prepared dataset (``--describe-dataset``).
 
 Each run is a separate process, so peak RSS is its own.
 
     python benchmarks/instructions.py [--cases 6] [--backend offline|template] [--skip-memory]
+    python benchmarks/instructions.py --only-describe --describe-dataset ../shared/data/chaos_mr_t2spir_dev
 """
 
 from __future__ import annotations
@@ -71,16 +74,49 @@ def phase_embed(backend: str) -> dict:
     return {"texts": len(texts), "texts_per_s": timings}
 
 
+def phase_describe(dataset: str) -> dict:
+    """Describe every prepared slice x modality of the dataset for all its targets, one image at a time."""
+    import numpy as np
+
+    from shared.cases import CaseCache
+    from shared.manifest import resolve_dataset
+    from stage1_instruct.describe import DescribeItem
+    from stage1_instruct.describe.image_facts import ImageFactsDescriber
+
+    ds = resolve_dataset(dataset)
+    cases = CaseCache(ds, 256)
+    cases.prepare(progress=False, with_labels=False)
+    describer = ImageFactsDescriber()
+    phrases = {m.name: m.description for m in ds.manifest.modalities}
+    timings = []
+    for case_id in cases.cached_case_ids():
+        case = cases.load(case_id, with_label=False)
+        for c, modality in enumerate(ds.manifest.modality_names):
+            for z in range(case.image.shape[1]):
+                items = [
+                    DescribeItem(case.image[c, z], case.meta.transform.resized, modality, phrases[modality], t, 0.5)
+                    for t in ds.manifest.targets
+                ]
+                timings.append(_timed(lambda items=items: describer.describe(items)))
+    ms = 1000 * np.asarray(timings)
+    return {
+        "images": len(ms),
+        "targets": len(ds.manifest.targets),
+        "mean_ms": ms.mean(),
+        "p95_ms": np.percentile(ms, 95),
+    }
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
-def _subprocess(phase: str, backend: str, home: str) -> dict:
-    env = {**os.environ, "ZEUS_HOME": home, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def _subprocess(phase: str, backend: str, home: str, *extra: str, env: dict | None = None) -> dict:
+    env = {**os.environ, "ZEUS_HOME": home, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     out = subprocess.run(
-        [sys.executable, __file__, "--phase", phase, "--backend", backend],
+        [sys.executable, __file__, "--phase", phase, "--backend", backend, *extra],
         env=env,
         check=True,
         capture_output=True,
@@ -100,10 +136,20 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--backend", default="offline", choices=["offline", "template"])
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--phase", choices=["run", "embed"], help=argparse.SUPPRESS)
+    parser.add_argument("--only-describe", action="store_true", help="only the describer timing (5.)")
+    parser.add_argument("--describe-dataset", help="a prepared dataset to time the describer on (default: demo)")
+    parser.add_argument("--phase", choices=["run", "embed", "describe"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
-        print(json.dumps(phase_run(args.backend) if args.phase == "run" else phase_embed(args.backend)))
+        phases = {"run": phase_run, "embed": phase_embed}
+        print(
+            json.dumps(
+                phase_describe(args.describe_dataset) if args.phase == "describe" else phases[args.phase](args.backend)
+            )
+        )
+        return
+    if args.only_describe:
+        _describe_timing(args)
         return
 
     with tempfile.TemporaryDirectory() as home:
@@ -126,6 +172,7 @@ def main() -> None:
             f"embed: {rates['zeus']:.0f} texts/s vs sentence-transformers encode {rates['sentence-transformers']:.0f} "
             f"texts/s on {embed['texts']} texts = {100 * rates['zeus'] / rates['sentence-transformers']:.0f} %"
         )
+    _describe_timing(args)
     if args.skip_memory:
         return
     for cases in (args.cases, 4 * args.cases):
@@ -133,6 +180,20 @@ def main() -> None:
             _demo(home, cases)
             run = _subprocess("run", "template", home)
             print(f"memory: {cases:3d} cases (template) -> peak RSS {run['peak_mib']:.0f} MiB, {run['seconds']:.1f} s")
+
+
+def _describe_timing(args) -> None:
+    one_core = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory() as scratch:
+        home = os.environ.get("ZEUS_HOME", scratch) if args.describe_dataset else scratch
+        if not args.describe_dataset:
+            _demo(home, args.cases)
+        extra = ["--describe-dataset", args.describe_dataset or "demo"]
+        r = _subprocess("describe", args.backend, home, *extra, env=one_core)
+    print(
+        f"describe (image-facts, 1 core): {r['mean_ms']:.1f} ms per image (p95 {r['p95_ms']:.1f} ms), "
+        f"{r['images']} images x {r['targets']} targets"
+    )
 
 
 if __name__ == "__main__":

@@ -25,19 +25,26 @@ def train(
         Path | None, typer.Option(help="SAM / MedSAM ViT-B checkpoint (.pth) for --encoder sam-vit-b.")
     ] = None,
     text: Annotated[
-        str, typer.Option(help="instructions, template (no-LLM instructions) or none (class tokens).")
+        str,
+        typer.Option(
+            help="instructions, template (no-LLM instructions), none (class tokens) or shuffled (each slice "
+            "given another slice's instruction: the control of `zeus ablate`)."
+        ),
     ] = TrainConfig.text,
     instructions_tag: Annotated[str | None, typer.Option(help="Stage-1 store folder (default from --text).")] = None,
     fold: Annotated[int, typer.Option(min=0)] = TrainConfig.fold,
     epochs: Annotated[int, typer.Option(min=1)] = TrainConfig.epochs,
     batch_size: Annotated[int, typer.Option(min=1)] = TrainConfig.batch_size,
-    lr: Annotated[float, typer.Option()] = TrainConfig.lr,
+    lr: Annotated[float, typer.Option(help="Learning rate at batch size 4 (see --lr-scaling).")] = TrainConfig.lr,
+    lr_scaling: Annotated[
+        str, typer.Option(help="Scale --lr with --batch-size from 4: none, linear or sqrt (large GPU batches).")
+    ] = TrainConfig.lr_scaling,
     warmup_steps: Annotated[
         int, typer.Option(min=0, help="Linear learning-rate warm-up, in steps.")
     ] = TrainConfig.warmup_steps,
     seed: int = TrainConfig.seed,
     precision: Annotated[
-        str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, or bf16 (autocast).")
+        str, typer.Option(help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32, or bf16 (autocast).")
     ] = TrainConfig.precision,
     augment_copies: Annotated[
         int,
@@ -81,6 +88,7 @@ def train(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
+        lr_scaling=lr_scaling,
         warmup_steps=warmup_steps,
         seed=seed,
         precision=precision,

@@ -10,8 +10,15 @@ from shared.instructions import PRESETS
 from shared.paths import check_name
 from shared.preprocess import DEFAULT_IMAGE_SIZE
 
-# ``--text`` -> the stage-1 store it reads (named by shared's presets; ``none``: learned class tokens).
-TEXT_MODES = {"instructions": PRESETS["offline"].tag, "template": PRESETS["template"].tag, "none": None}
+# ``--text`` -> the stage-1 store it reads (named by shared's presets; ``none``: learned class tokens;
+# ``shuffled``: the instructions, each slice given another slice's, the control of ``zeus ablate``).
+SHUFFLED = "shuffled"
+TEXT_MODES = {
+    "instructions": PRESETS["offline"].tag,
+    "template": PRESETS["template"].tag,
+    "none": None,
+    SHUFFLED: PRESETS["offline"].tag,
+}
 # zeus: the method; unet: a 2-D U-Net from scratch (baseline); litemedsam-boxes: frozen LiteMedSAM prompted
 # with ground-truth boxes (a reference that sees the ground truth at test time; nothing is trained).
 MODELS = ("zeus", "unet", "litemedsam-boxes")
@@ -19,7 +26,10 @@ BOX_REFERENCE = "litemedsam-boxes"
 FUSIONS = ("early", "hybrid", "late")
 # per-target: one decoder pass per (image, target), as SAM; joint: all targets of an image in one pass.
 DECODERS = ("per-target", "joint")
-# auto: bf16 autocast on CUDA, fp32 on CPU (stage2_segment.runs.resolve_precision).
+# How --lr is scaled with --batch-size (from the batch REFERENCE_BATCH it was tuned at): none, linear or sqrt.
+LR_SCALINGS = ("none", "linear", "sqrt")
+REFERENCE_BATCH = 4
+# auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32 (stage2_segment.runs.resolve_precision).
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -30,12 +40,13 @@ class TrainConfig:
     encoder_checkpoint: str | None = None
     fusion: str = "late"
     decoder: str = "per-target"  # one of DECODERS
-    text: str = "instructions"  # instructions | template | none
+    text: str = "instructions"  # one of TEXT_MODES
     instructions_tag: str | None = None  # default: the stage-1 tag of ``text``
     fold: int = 0
     epochs: int = 10
     batch_size: int = 4
-    lr: float = 3e-4
+    lr: float = 3e-4  # at REFERENCE_BATCH; see lr_scaling
+    lr_scaling: str = "none"  # one of LR_SCALINGS: larger batches (on a GPU) scale the learning rate
     weight_decay: float = 0.01
     warmup_steps: int = 10
     seed: int = 0
@@ -62,6 +73,8 @@ class TrainConfig:
             raise ZeusError(f"--decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.precision not in PRECISIONS:
             raise ZeusError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.lr_scaling not in LR_SCALINGS:
+            raise ZeusError(f"--lr-scaling must be one of {LR_SCALINGS}, got {self.lr_scaling!r}")
         if self.text not in TEXT_MODES:
             raise ZeusError(f"--text must be one of {list(TEXT_MODES)}, got {self.text!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -82,7 +95,16 @@ class TrainConfig:
     @property
     def tag(self) -> str | None:
         """The stage-1 store the run reads (None: no instructions)."""
-        return None if self.model != "zeus" else self.instructions_tag or TEXT_MODES[self.text]
+        if self.model != "zeus" or TEXT_MODES[self.text] is None:  # --text none reads no store, whatever the tag
+            return None
+        return self.instructions_tag or TEXT_MODES[self.text]
+
+    @property
+    def effective_lr(self) -> float:
+        """The learning rate the optimizer gets: ``lr`` scaled from REFERENCE_BATCH to ``batch_size``
+        (linear: Goyal et al. 2017; sqrt: the usual rule for Adam-type optimizers)."""
+        ratio = self.batch_size / REFERENCE_BATCH
+        return self.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[self.lr_scaling]
 
     @property
     def uses_features(self) -> bool:

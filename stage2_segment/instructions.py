@@ -6,6 +6,7 @@ Reads the stage-1 store through ``shared.instructions`` (columns ``slice_index``
 
 from __future__ import annotations
 
+import zlib
 from functools import lru_cache
 
 import numpy as np
@@ -13,13 +14,21 @@ import numpy as np
 from shared.errors import ZeusError
 from shared.instructions import UNION, InstructionStore, embeddings
 from shared.manifest import Manifest
+from stage2_segment.config import SHUFFLED, TrainConfig
 
 COLUMNS = ["slice_index", "modality", "target", "embedding"]
 
 
 class InstructionTable:
-    def __init__(self, manifest: Manifest, tag: str, store: InstructionStore | None = None):
+    """A store's embeddings per case. With ``shuffle_seed`` (the ``--text shuffled`` control) every slice gets
+    the instruction of another slice of the same case, modality and target (a derangement drawn from the seed
+    and the case): the class is kept, whatever the text says about this slice is not."""
+
+    def __init__(
+        self, manifest: Manifest, tag: str, store: InstructionStore | None = None, shuffle_seed: int | None = None
+    ):
         self.manifest = manifest
+        self.shuffle_seed = shuffle_seed
         self.store = store or InstructionStore.of(manifest.name, tag)
         dim = self.store.embedding_dim()
         if dim is None:
@@ -58,12 +67,35 @@ class InstructionTable:
             raise ZeusError(
                 f"instructions of case {case_id!r} in {self.store.folder} are incomplete: rerun `zeus instructions`"
             )
+        if self.shuffle_seed is not None:
+            for m in range(out.shape[1]):
+                for t in range(out.shape[2]):
+                    out[:, m, t] = out[self._sources(case_id, m, t, len(out)), m, t]
         return out
+
+    def _sources(self, case_id: str, modality: int, target: int, n_slices: int) -> np.ndarray:
+        """For each slice, the slice whose instruction it reads: a derangement (no slice keeps its own when
+        there are two or more), the same for a case, modality and target at every call."""
+        rng = np.random.default_rng([self.shuffle_seed, zlib.crc32(case_id.encode()), modality, target])
+        order = rng.permutation(n_slices)
+        sources = np.empty(n_slices, np.int64)
+        sources[order] = np.roll(order, 1)
+        return sources
 
     def text(self, case_id: str, slice_index: int, modality: str, target: str) -> str:
         """The instruction written for one (slice, modality or ``"union"``, target): what the model was told."""
+        if self.shuffle_seed is not None:
+            n_slices = len(self.for_case(case_id))
+            slice_index = int(self._sources(case_id, self.rows[modality], self.columns[target], n_slices)[slice_index])
         filters = [("slice_index", "=", slice_index), ("modality", "=", modality), ("target", "=", target)]
         table = self.store.read_case(case_id, ["instruction"], filters)
         if table is None or table.num_rows != 1:
             raise ZeusError(f"expected one instruction for {case_id} slice {slice_index} {modality} {target}")
         return table.column("instruction")[0].as_py()
+
+
+def instruction_table(manifest: Manifest, config: TrainConfig) -> InstructionTable | None:
+    """The instructions a run reads (None for ``--text none`` and the models without text)."""
+    if not config.tag:
+        return None
+    return InstructionTable(manifest, config.tag, shuffle_seed=config.seed if config.text == SHUFFLED else None)

@@ -28,7 +28,7 @@ from stage2_segment import postprocess
 from stage2_segment.config import BOX_REFERENCE, TrainConfig
 from stage2_segment.data import SliceDataset, forward_batch
 from stage2_segment.features import FeatureCache, feature_cache
-from stage2_segment.instructions import InstructionTable
+from stage2_segment.instructions import InstructionTable, instruction_table
 from stage2_segment.modeling.build import build_model
 from stage2_segment.modeling.segmenter import SegmenterConfig
 from stage2_segment.runs import BEST, RunFolder, load_checkpoint, mixed_precision, pick_device
@@ -78,7 +78,7 @@ class Predictor:
         return feature_cache(self.config, cases, self.device) if self.config.uses_features else None
 
     def instructions(self, dataset: Dataset) -> InstructionTable | None:
-        return InstructionTable(dataset.manifest, self.config.tag) if self.config.tag else None
+        return instruction_table(dataset.manifest, self.config)
 
     @torch.no_grad()
     def predict_case(

@@ -2,10 +2,10 @@
 
 ``train`` runs the explicit steps before training (``prepare_training_data``: cases prepared with labels,
 patient-level splits, image embeddings), then ``Trainer`` trains. Device and precision come from
-``stage2_segment.runs`` (bf16 autocast on CUDA, fp32 on CPU). Every epoch writes a full-state checkpoint
-(model, optimizer, scheduler, epoch, RNG states), so ``resume`` continues exactly; the best checkpoint is
-chosen by validation Dice, never by training loss. Under ``torchrun`` it trains with DDP (gloo on CPU, NCCL on
-GPU); rank 0 validates, logs and writes.
+``stage2_segment.runs`` (bf16 autocast on CUDA and on CPUs with native bf16, else fp32). Every epoch writes a
+full-state checkpoint (model, optimizer, scheduler, epoch, RNG states), so ``resume`` continues exactly; the
+best checkpoint is chosen by validation Dice, never by training loss. Under ``torchrun`` it trains with DDP
+(gloo on CPU, NCCL on GPU); rank 0 validates, logs and writes.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from shared.splits import ensure_splits
 from stage2_segment.config import TrainConfig
 from stage2_segment.data import DeviceSlices, SliceDataset, forward_batch
 from stage2_segment.features import FeatureCache, feature_cache
-from stage2_segment.instructions import InstructionTable
+from stage2_segment.instructions import InstructionTable, instruction_table
 from stage2_segment.losses import union_loss
 from stage2_segment.metrics import VolumeOverlap
 from stage2_segment.modeling.build import build_model
@@ -108,7 +108,7 @@ def prepare_training_data(
     distributed = distributed or Distributed()
     cases = CaseCache(dataset, config.image_size)
     _check_image_size(cases)
-    instructions = InstructionTable(dataset.manifest, config.tag) if config.tag else None
+    instructions = instruction_table(dataset.manifest, config)
     if instructions is not None:
         instructions.check_image_size(config.image_size)
     summary = cases.prepare(progress=progress and distributed.main, workers=1)
@@ -192,7 +192,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self._epoch_size() / (config.batch_size * self.dist.world_size))
         self.optimizer = self.scheduler = None  # the box-prompted reference has nothing to train
         if trainable:
-            self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+            self.optimizer = torch.optim.AdamW(trainable, lr=config.effective_lr, weight_decay=config.weight_decay)
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizer, warmup_cosine(config.warmup_steps, self.steps_per_epoch * config.epochs)
             )

@@ -18,6 +18,7 @@ from stage1_instruct.cli import app as instructions_app
 from stage2_segment.cli import evaluate as evaluate_command
 from stage2_segment.cli import postprocess as postprocess_command
 from stage2_segment.cli import train as train_command
+from stage2_segment.config import TEXT_MODES, TrainConfig
 
 
 class _UserErrors(TyperGroup):
@@ -223,6 +224,54 @@ def predict(
     written = predict_scan(run, input, output, case_id=case_id, root=root, probability_maps=probabilities)
     for path in written:
         typer.echo(f"wrote {path}")
+
+
+@app.command("ablate")
+def ablate(
+    dataset: Annotated[str, typer.Argument(help="Built-in manifest name, manifest .json, or dataset folder.")],
+    root: Annotated[Path | None, typer.Option("--root", help="Folder holding the dataset.")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per text mode (seeds 0 .. N-1).")] = 3,
+    texts: Annotated[str, typer.Option(help="Text modes to compare, comma-separated.")] = ",".join(TEXT_MODES),
+    instructions_tag: Annotated[
+        str | None,
+        typer.Option(help="Store for every mode with text (default per mode); `shuffled` then shuffles this one."),
+    ] = None,
+    fusion: Annotated[str, typer.Option(help="early, hybrid or late.")] = TrainConfig.fusion,
+    decoder: Annotated[str, typer.Option(help="per-target or joint.")] = TrainConfig.decoder,
+    fold: Annotated[int, typer.Option(min=0)] = TrainConfig.fold,
+    epochs: Annotated[int, typer.Option(min=1)] = TrainConfig.epochs,
+    batch_size: Annotated[int, typer.Option(min=1)] = TrainConfig.batch_size,
+    lr: Annotated[float, typer.Option()] = TrainConfig.lr,
+    warmup_steps: Annotated[int, typer.Option(min=0)] = TrainConfig.warmup_steps,
+    slices_per_epoch: Annotated[int | None, typer.Option(help="Sample this many training slices per epoch.")] = None,
+    augment_copies: Annotated[int, typer.Option(min=0)] = TrainConfig.augment_copies,
+    precision: Annotated[str, typer.Option(help="auto, fp32 or bf16.")] = TrainConfig.precision,
+    image_size: Annotated[int, typer.Option(help="Model slice size (pixels).")] = TrainConfig.image_size,
+) -> None:
+    """Does the text help? Train and evaluate every text mode with identical seeds, data order, epochs and fold
+    (resumable); `zeus report` then shows the comparison with bootstrap intervals."""
+    from shared.manifest import resolve_dataset
+    from zeus.ablation import AblationPlan, compare, conclusion, run_ablation
+
+    ds = resolve_dataset(dataset, root)
+    base = TrainConfig(
+        instructions_tag=instructions_tag,
+        fusion=fusion,
+        decoder=decoder,
+        fold=fold,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        slices_per_epoch=slices_per_epoch,
+        augment_copies=augment_copies,
+        precision=precision,
+        image_size=image_size,
+    )
+    plan = AblationPlan(ds.name, base, tuple(t.strip() for t in texts.split(",") if t.strip()), tuple(range(seeds)))
+    run_ablation(ds, plan)
+    typer.echo(conclusion(compare(plan, list(ds.manifest.targets))))
+    typer.echo(f'`zeus report {ds.name}` shows the table (section "Does the text help?").')
 
 
 @app.command("report")

@@ -41,16 +41,20 @@ def test_a_size_the_dataset_was_not_prepared_at_is_a_clear_error(stage2_dataset)
         table.check_image_size(128)
 
 
-def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu_and_bf16_can_be_asked_for():
+def test_precision_auto_is_bf16_where_the_hardware_has_it_and_either_can_be_asked_for(monkeypatch):
     import torch
 
+    from stage2_segment import runs
     from stage2_segment.runs import mixed_precision, resolve_precision
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(runs, "cpu_has_bf16", lambda: False)
     assert resolve_precision(cpu) == "fp32" and resolve_precision(cuda) == "bf16"
+    monkeypatch.setattr(runs, "cpu_has_bf16", lambda: True)
+    assert resolve_precision(cpu) == "bf16"
     assert resolve_precision(cuda, "fp32") == "fp32" and resolve_precision(cpu, "bf16") == "bf16"
     linear = torch.nn.Linear(4, 4)
     with mixed_precision(cpu, "bf16"):
         assert linear(torch.ones(1, 4)).dtype == torch.bfloat16
-    with mixed_precision(cpu):
+    with mixed_precision(cpu, "fp32"):
         assert linear(torch.ones(1, 4)).dtype == torch.float32

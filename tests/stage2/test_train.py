@@ -296,3 +296,14 @@ def test_ddp_with_torchrun_on_cpu(stage2_dataset, tmp_path):
     best = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     for key, value in best["model"].items():
         assert torch.equal(value, ranks[0]["final"][key]), key
+
+
+def test_the_learning_rate_scales_with_the_batch_when_asked(stage2_dataset):
+    assert TrainConfig(batch_size=16, lr=3e-4).effective_lr == 3e-4
+    assert TrainConfig(batch_size=16, lr=3e-4, lr_scaling="linear").effective_lr == pytest.approx(1.2e-3)
+    assert TrainConfig(batch_size=16, lr=3e-4, lr_scaling="sqrt").effective_lr == pytest.approx(6e-4)
+    assert TrainConfig(batch_size=1, lr=3e-4, lr_scaling="sqrt").effective_lr == pytest.approx(1.5e-4)
+    with pytest.raises(ZeusError, match="--lr-scaling must be one of"):
+        TrainConfig(lr_scaling="cubic")
+    trainer = _trainer(stage2_dataset, batch_size=8, lr=1e-3, lr_scaling="linear")
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == pytest.approx(2e-3)

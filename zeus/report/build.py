@@ -26,9 +26,10 @@ from shared.workspace import runs_dir, slug, zeus_home
 from stage2_segment.config import BOX_REFERENCE
 from stage2_segment.evaluate import format_number, format_stats
 from stage2_segment.features import encoder_costs
-from stage2_segment.instructions import InstructionTable
+from stage2_segment.instructions import instruction_table
 from stage2_segment.metrics import score_masks
 from stage2_segment.runs import EVALUATED_SPLIT, datasets_with_runs
+from zeus.ablation import FOREGROUND, compare, conclusion, read_plan
 from zeus.report import figures
 from zeus.report.collect import DamagedRun, RunRecord, collect_runs, stage_one_costs
 
@@ -66,8 +67,11 @@ def build_report(dataset: str, folder: Path) -> Path:
 
 
 def _markdown(dataset: str, runs: list[RunRecord], damaged: list[DamagedRun], folder: Path) -> str:
-    evaluated = [r for r in runs if r.evaluation]
     manifest = runs[0].info.manifest
+    plan = read_plan(dataset)
+    ablation = {name for _, _, name in plan.runs()} if plan else set()
+    runs = [r for r in runs if r.name not in ablation]  # the ablation's runs get their own section
+    evaluated = [r for r in runs if r.evaluation]
     targets = list(manifest.targets) if manifest else _targets_of(evaluated)
     sections = [
         f"# Zeus report: {_text(dataset)}",
@@ -77,6 +81,7 @@ def _markdown(dataset: str, runs: list[RunRecord], damaged: list[DamagedRun], fo
         _damaged(damaged),
         _results(evaluated, targets, runs),
         _comparison(evaluated),
+        _text_ablation(plan, targets),
         _parameters(runs),
         _costs(dataset, runs),
         _literature(dataset),
@@ -149,6 +154,46 @@ def _comparison(evaluated: list[RunRecord]) -> str:
         rows.append([r.label, r.role, text, fusion, *scores, delta])
     header = ["Run", "role", "text", "fusion", "DSC", "mIoU", "HD95 (mm)", f"Δ DSC vs {reference.label}"]
     return "## Baselines and ablations\n\nForeground means of the table above, side by side.\n\n" + _table(header, rows)
+
+
+def _text_ablation(plan, targets: list[str]) -> str:
+    """``zeus ablate``'s comparison: Dice per text mode over seeds, paired differences with intervals."""
+    if plan is None:
+        return ""
+    c = compare(plan, targets)
+    base = plan.base
+    lines = [
+        "## Does the text help?",
+        f"`zeus ablate`: text modes {', '.join(_code(t) for t in plan.texts)}, each trained with seeds "
+        f"{', '.join(map(str, plan.seeds))}; per seed the same fold ({base.fold}), epochs ({base.epochs}), data "
+        f"order and initialisation, {base.fusion} fusion, {base.decoder} decoder. `shuffled` gives every slice "
+        "the instruction of another slice of the same case, modality and target: it keeps the class and "
+        f"destroys what the text says about this slice. Test Dice over the {len(c.cases)} test case(s), "
+        "mean ± std over seeds.",
+    ]
+    header = ["Text", *c.classes]
+    rows = [[t, *(_mean_std(c.dice[t][k]) for k in c.classes)] for t in plan.texts if c.dice[t][FOREGROUND]]
+    if rows:
+        lines.append(_table(header, rows))
+    if c.paired:
+        lines.append(
+            "Paired per-case differences (same seed, same case), mean and 95 % interval of a two-level bootstrap "
+            "over cases, then seeds:"
+        )
+        rows = [[f"{a} − {b}", *(_interval(v.get(k)) for k in c.classes)] for (a, b), v in c.paired.items()]
+        lines.append(_table(["Difference", *c.classes], rows))
+    lines.append(conclusion(c))
+    if c.missing:
+        lines.append(f"Not trained or evaluated yet: {', '.join(_code(m) for m in c.missing)} (rerun `zeus ablate`).")
+    return "\n\n".join(lines)
+
+
+def _mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "—"
+
+
+def _interval(i) -> str:
+    return "—" if i is None else f"{i.mean:+.3f} [{i.low:+.3f}, {i.high:+.3f}]"
 
 
 def _parameters(runs: list[RunRecord]) -> str:
@@ -262,7 +307,7 @@ def overlay_panels(run: RunRecord, per_target: int = 2) -> dict[str, list[figure
     evaluation = run.folder.evaluation(EVALUATED_SPLIT)
     reference = manifest.reference_modality
     channel = manifest.modality_names.index(reference)
-    table = InstructionTable(manifest, run.tag) if run.tag else None
+    table = instruction_table(manifest, run.train)
     loaded = {c: _load_case(cases, evaluation.model_slices(c), c) for c in run.evaluation.source.case_ids}
     out: dict[str, list[figures.OverlayPanel]] = {}
     for target, value in manifest.targets.items():
