@@ -27,7 +27,7 @@ from shared.manifest import Dataset
 from shared.provenance import package_versions
 from stage1_instruct.backends import Backends
 from stage1_instruct.config import Stage1Config
-from stage1_instruct.describe import DescribeItem, Description, description_text
+from stage1_instruct.describe import DescribeItem, Description, llm_facts
 from stage1_instruct.describe.regions import has_body
 from stage1_instruct.instruct import InstructItem, target_name
 from stage1_instruct.instruct.faithfulness import faithfulness_problems
@@ -292,14 +292,14 @@ class InstructionGenerator:
         manifest = self.dataset.manifest
         pairs = tuple((manifest.modality(name).description, d) for name, d in described.items())
         if r.modality == UNION:
-            listing = "\n".join(f"- {phrase}: {description_text(d)}" for phrase, d in pairs)
+            listing = "\n".join(f"- {phrase}: {llm_facts(d)}" for phrase, d in pairs)
             prompt = render(
                 self.prompts.union, modality="several modalities", instance=target_name(r.target), description=listing
             )
         else:
             phrase, d = pairs[0]
             prompt = render(
-                self.prompts.instruct, modality=phrase, instance=target_name(r.target), description=description_text(d)
+                self.prompts.instruct, modality=phrase, instance=target_name(r.target), description=llm_facts(d)
             )
         return InstructItem(r.target, r.modality, pairs, prompt)
 

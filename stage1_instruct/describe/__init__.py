@@ -4,6 +4,7 @@ matters for segmenting a target in one modality. Output: a ``Description`` with 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -65,6 +66,22 @@ def description_text(description: Description) -> str:
     return "; ".join(
         f"{key.replace('_', ' ')}: {description[key]}" for key in TEXT_FIELDS if isinstance(description.get(key), str)
     )
+
+
+_SHARE = re.compile(r", \d+ % of the section")
+# What an LLM is given to write from: the slice-specific facts and the appearance (the template keeps the rest).
+LLM_FIELDS = ("visible", "level", "region", "intensity")
+
+
+def llm_facts(description: Description) -> str:
+    """The facts an LLM writes an instruction from: ``LLM_FIELDS``, the region without its exact share of the
+    section (slices that differ only in size then share one prompt; the template sentence keeps the share)."""
+    parts = []
+    for key in LLM_FIELDS:
+        value = description.get(key)
+        if isinstance(value, str) and value:
+            parts.append(f"{key}: {_SHARE.sub('', value)}")
+    return "; ".join(parts)
 
 
 def parse_description(text: str) -> Description:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from shared.instructions import UNION
-from stage1_instruct.describe import DescribeItem, description_text
+from stage1_instruct.describe import DescribeItem, description_text, llm_facts
 from stage1_instruct.describe.image_facts import ImageFactsDescriber
 from stage1_instruct.describe.regions import measure
 from stage1_instruct.generate import _body_position
@@ -126,3 +126,11 @@ def test_an_unlikely_target_told_as_visible_is_unfaithful():
         faithfulness_problems("Segment the right kidney only if present: unlikely in this upper third, right.", item)
         == []
     )
+
+
+def test_the_llm_gets_the_slice_facts_without_the_exact_share():
+    described = ImageFactsDescriber().describe([_item(phantom(0.55), "spleen")])[0]
+    facts = llm_facts(described)
+    assert facts.startswith("visible: likely; level: upper third") and "patient's left posterior body" in facts
+    assert "% of the section" not in facts and "% of the section" in described["region"]
+    assert "boundary" not in facts and "size shape" not in facts
