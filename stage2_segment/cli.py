@@ -57,6 +57,9 @@ def train(
     ] = None,
     early_stopping: Annotated[int | None, typer.Option(help="Patience in epochs (validation Dice).")] = None,
     num_workers: Annotated[int, typer.Option(min=0, help="Data-loader processes.")] = TrainConfig.num_workers,
+    compile: Annotated[
+        bool, typer.Option("--compile/--no-compile", help="torch.compile the training step's model (GPU).")
+    ] = TrainConfig.compile,
     data_on_device: Annotated[
         bool | None,
         typer.Option(
@@ -97,6 +100,7 @@ def train(
         early_stopping=early_stopping,
         time_budget=parse_duration(time_budget) if time_budget else None,
         num_workers=num_workers,
+        compile=compile,
         data_on_device=data_on_device,
         image_size=image_size,
         run_name=run_name,

@@ -60,6 +60,8 @@ class TrainConfig:
     time_budget: float | None = None
     early_stopping: int | None = None  # stop after this many epochs without a better validation Dice
     num_workers: int = 0
+    # torch.compile the model the training step runs (TorchInductor kernels: fewer launches on a GPU).
+    compile: bool = False
     # Hold the training set on the device and index batches there (DeviceSlices); None: on CUDA only.
     data_on_device: bool | None = None
     run_name: str | None = None

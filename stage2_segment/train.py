@@ -188,6 +188,8 @@ class Trainer:
             if self.dist.world_size > 1
             else self.model
         )
+        if config.compile:  # the step runs the compiled graph; checkpoints and validation use the module itself
+            self.ddp_model = torch.compile(self.ddp_model)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.steps_per_epoch = math.ceil(self._epoch_size() / (config.batch_size * self.dist.world_size))
         self.optimizer = self.scheduler = None  # the box-prompted reference has nothing to train

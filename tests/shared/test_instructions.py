@@ -22,6 +22,7 @@ def _row(i: int, dim: int) -> dict:
         "has_body": i % 2 == 0,
         "description": "{}",
         "instruction": f"Segment {i}",
+        "instruction_source": "template",
         "embedding": np.arange(dim, dtype=np.float32) + i,
         "describe_model": "d",
         "instruct_model": "i",

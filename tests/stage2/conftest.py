@@ -66,8 +66,16 @@ def evaluated_run(stage2_session, tmp_path_factory):
     old = os.environ.get("ZEUS_HOME")
     os.environ["ZEUS_HOME"] = str(workspace)
     try:
+        # fp32, as on CPUs without bf16: tests compare the predictions of two code paths voxel by voxel
         config = TrainConfig(
-            fusion="late", text="template", epochs=2, batch_size=2, lr=1e-3, slices_per_epoch=2, warmup_steps=1
+            fusion="late",
+            text="template",
+            epochs=2,
+            batch_size=2,
+            lr=1e-3,
+            slices_per_epoch=2,
+            warmup_steps=1,
+            precision="fp32",
         )
         trainer = Trainer(prepare_training_data(dataset, config, progress=False), config, progress=False)
         trainer.fit()

@@ -3,6 +3,7 @@ against class tokens and a shuffled-text control."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -140,10 +141,12 @@ def test_zeus_ablate_trains_every_mode_per_seed_and_the_report_compares_them(sta
 
     from zeus.report.build import build_report
 
-    markdown = (build_report(stage2_dataset.name, tmp_path / "report").parent / "report.md").read_text()
+    markdown = (build_report(stage2_dataset.name, tmp_path / "report").parent / "report.md").read_text(encoding="utf-8")
     section = markdown.split("## Does the text help?")[1].split("\n## ")[0]
     assert "instructions − none" in section and "shuffled" in section and "95 % interval" in section
     assert "±" in section and "ablation__" not in markdown.split("## Does the text help?")[0]
+    carried = markdown.split("## What the instructions carry")[1].split("\n## ")[0]
+    assert f"`{TEMPLATE}`" in carried and re.search(r"\| template \d+ \|", carried)
     assert InstructionStore.of(stage2_dataset.name, TEMPLATE).case_ids()
 
 

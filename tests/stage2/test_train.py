@@ -307,3 +307,24 @@ def test_the_learning_rate_scales_with_the_batch_when_asked(stage2_dataset):
         TrainConfig(lr_scaling="cubic")
     trainer = _trainer(stage2_dataset, batch_size=8, lr=1e-3, lr_scaling="linear")
     assert trainer.optimizer.param_groups[0]["initial_lr"] == pytest.approx(2e-3)
+
+
+@pytest.mark.slow
+def test_a_compiled_step_computes_the_eager_loss_and_gradients_and_trains(stage2_dataset):
+    torch.manual_seed(0)
+    model = ZeusSegmenter(SegmenterConfig(fusion="late", num_modalities=1, num_targets=2, decoder="joint"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    images, text = torch.randn(2, 1, 256, 64, 64), torch.randn(2, 2, 2, 384)
+    label = torch.randint(0, 3, (2, 256, 256))
+    eager_loss = union_loss(model(images, text), label)
+    eager = torch.autograd.grad(eager_loss, params)
+    compiled_loss = union_loss(torch.compile(model)(images, text), label)
+    compiled = torch.autograd.grad(compiled_loss, params)
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-4, atol=1e-5)
+    for a, b in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
+    steps = {"batch_size": 2, "slices_per_epoch": 4, "epochs": 1, "fusion": "late", "decoder": "joint"}
+    trainer = _trainer(stage2_dataset, run_name="compiled", precision="fp32", compile=True, **steps)
+    assert trainer.ddp_model is not trainer.model  # the step runs the compiled graph
+    trainer.fit()
+    assert np.isfinite(trainer.run.read_log()[0]["train_loss"])

@@ -20,9 +20,11 @@ import numpy as np
 
 from shared.cases import CaseCache
 from shared.errors import ZeusError
+from shared.instructions import InstructionStore
 from shared.paths import inside
 from shared.provenance import git_revision
 from shared.workspace import runs_dir, slug, zeus_home
+from stage1_instruct.stats import store_statistics
 from stage2_segment.config import BOX_REFERENCE
 from stage2_segment.evaluate import format_number, format_stats
 from stage2_segment.features import encoder_costs
@@ -70,6 +72,7 @@ def _markdown(dataset: str, runs: list[RunRecord], damaged: list[DamagedRun], fo
     manifest = runs[0].info.manifest
     plan = read_plan(dataset)
     ablation = {name for _, _, name in plan.runs()} if plan else set()
+    all_runs = runs
     runs = [r for r in runs if r.name not in ablation]  # the ablation's runs get their own section
     evaluated = [r for r in runs if r.evaluation]
     targets = list(manifest.targets) if manifest else _targets_of(evaluated)
@@ -82,6 +85,7 @@ def _markdown(dataset: str, runs: list[RunRecord], damaged: list[DamagedRun], fo
         _results(evaluated, targets, runs),
         _comparison(evaluated),
         _text_ablation(plan, targets),
+        _instruction_statistics(dataset, {r.tag for r in all_runs if r.tag}),
         _parameters(runs),
         _costs(dataset, runs),
         _literature(dataset),
@@ -186,6 +190,43 @@ def _text_ablation(plan, targets: list[str]) -> str:
     if c.missing:
         lines.append(f"Not trained or evaluated yet: {', '.join(_code(m) for m in c.missing)} (rerun `zeus ablate`).")
     return "\n\n".join(lines)
+
+
+def _instruction_statistics(dataset: str, tags: set[str]) -> str:
+    """Per store the runs read: distinct instructions per target, their sources, embedding similarity."""
+    rows = []
+    for tag in sorted(tags):
+        store = InstructionStore.of(dataset, tag)
+        if not store.case_ids():
+            continue
+        try:
+            stats = store_statistics(store.read())
+        except ZeusError as e:  # a damaged shard: the costs section names it; leave the store out here
+            log.warning("report: instruction statistics of %s left out: %s", store.folder, e)
+            continue
+        for s in stats:
+            sources = ", ".join(f"{k} {v}" for k, v in sorted(s.sources.items()))
+            rows.append(
+                [
+                    _code(tag),
+                    _text(s.target),
+                    str(s.rows),
+                    str(s.distinct),
+                    f"{s.within:.3f}",
+                    f"{s.across:.3f}",
+                    _text(sources),
+                ]
+            )
+    if not rows:
+        return ""
+    note = (
+        "Over the modality rows of slices with body: how many distinct instructions each target got, where they "
+        "came from (an LLM's kept by the faithfulness check, or the template), and the mean cosine similarity of "
+        "their embeddings within the target and to the other targets (a text that is a class token plus noise "
+        "shows few distinct instructions and similarity near 1 within)."
+    )
+    header = ["store", "target", "rows", "distinct", "cos within", "cos across", "sources"]
+    return "## What the instructions carry\n\n" + note + "\n\n" + _table(header, rows)
 
 
 def _mean_std(values: list[float]) -> str:
