@@ -27,7 +27,7 @@ from shared.manifest import Dataset
 from shared.provenance import package_versions
 from stage1_instruct.backends import Backends
 from stage1_instruct.config import Stage1Config
-from stage1_instruct.describe import DescribeItem, Description, llm_facts
+from stage1_instruct.describe import DescribeItem, Description, description_text, llm_facts
 from stage1_instruct.describe.regions import has_body
 from stage1_instruct.instruct import InstructItem, target_name
 from stage1_instruct.instruct.faithfulness import faithfulness_problems
@@ -255,19 +255,29 @@ class InstructionGenerator:
                 )
                 continue
             items[r.key] = self._instruct_item(r, self._described_modalities(r, descriptions))
-        unique: dict[str, InstructItem] = {}
-        for item in items.values():
-            if item.prompt not in self._instructions:
-                unique.setdefault(item.prompt, item)
-        prompts = list(unique)
         instructor = self.backends.instructor
-        for start in range(0, len(prompts), self.config.batch_size):
-            batch = [unique[p] for p in prompts[start : start + self.config.batch_size]]
-            for item, text in zip(batch, instructor.instruct(batch), strict=True):
-                self._instructions[item.prompt] = self._checked(item, text, instructor.source, stats)
-        stats.instructed += len(prompts)
-        texts.update({key: self._instructions[item.prompt] for key, item in items.items()})
+        unique: dict[str, InstructItem] = {}  # dedupe key -> the first item with it
+        for item in items.values():
+            if self._dedupe_key(item, instructor.source) not in self._instructions:
+                unique.setdefault(self._dedupe_key(item, instructor.source), item)
+        keys = list(unique)
+        for start in range(0, len(keys), self.config.batch_size):
+            batch = keys[start : start + self.config.batch_size]
+            self._instructions.update(zip(batch, instructor.instruct([unique[k] for k in batch]), strict=True))
+        stats.instructed += len(keys)
+        for key, item in items.items():  # checked per request: a fallback is written from this request's facts
+            generated = self._instructions[self._dedupe_key(item, instructor.source)]
+            texts[key] = self._checked(item, generated, instructor.source, stats)
         return texts
+
+    @staticmethod
+    def _dedupe_key(item: InstructItem, source: str) -> str:
+        """An LLM sees only the prompt, so one generation serves every request with that prompt; the template
+        writes from all of a request's facts (the prompt leaves the region's exact share out), so its key
+        holds them all."""
+        if source == "llm":
+            return item.prompt
+        return "\x00".join([item.prompt, *(description_text(d) for _, d in item.descriptions)])
 
     @staticmethod
     def _checked(item: InstructItem, text: str, source: str, stats: Stats) -> tuple[str, str]:

@@ -209,7 +209,7 @@ def test_unfaithful_llm_instructions_are_replaced_by_the_template_and_counted(ti
     fallback = [r for r in rows if r["instruction_source"] == "template-fallback"]
     assert all("visibility:" in r["instruction"] and "third of the body" in r["instruction"] for r in fallback)
     kept, replaced = sum(s.llm_kept for s in stats), sum(s.llm_replaced for s in stats)
-    assert kept > 0 and replaced > 0 and kept + replaced == sum(s.instructed for s in stats)
+    assert kept > 0 and replaced > 0 and kept + replaced == len(rows)  # every request with body is checked
 
 
 def test_template_rows_record_their_source(tiny_dataset):
