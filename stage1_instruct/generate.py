@@ -121,7 +121,7 @@ class InstructionGenerator:
         h, w = case.meta.transform.resized
         bodies = np.array(
             [[has_body(case.image[c, z, :h, :w]) for z in range(n_slices)] for c in range(len(manifest.modalities))]
-        ).reshape(len(manifest.modalities), n_slices)
+        )
         requests = []
         for z in range(n_slices):
             position = round(z / (n_slices - 1), 4) if n_slices > 1 else 0.5
@@ -256,18 +256,18 @@ class InstructionGenerator:
                 continue
             items[r.key] = self._instruct_item(r, self._described_modalities(r, descriptions))
         instructor = self.backends.instructor
+        dedupe = {key: self._dedupe_key(item, instructor.source) for key, item in items.items()}
         unique: dict[str, InstructItem] = {}  # dedupe key -> the first item with it
-        for item in items.values():
-            if self._dedupe_key(item, instructor.source) not in self._instructions:
-                unique.setdefault(self._dedupe_key(item, instructor.source), item)
+        for key, item in items.items():
+            if dedupe[key] not in self._instructions:
+                unique.setdefault(dedupe[key], item)
         keys = list(unique)
         for start in range(0, len(keys), self.config.batch_size):
             batch = keys[start : start + self.config.batch_size]
             self._instructions.update(zip(batch, instructor.instruct([unique[k] for k in batch]), strict=True))
         stats.instructed += len(keys)
         for key, item in items.items():  # checked per request: a fallback is written from this request's facts
-            generated = self._instructions[self._dedupe_key(item, instructor.source)]
-            texts[key] = self._checked(item, generated, instructor.source, stats)
+            texts[key] = self._checked(item, self._instructions[dedupe[key]], instructor.source, stats)
         return texts
 
     @staticmethod

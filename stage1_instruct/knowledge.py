@@ -86,14 +86,19 @@ def name_key(name: str) -> str:
 
 
 @cache
-def _index() -> dict[str, tuple[str, dict]]:
-    """name key -> (entry name, entry), for every entry name and alias of every knowledge file."""
-    index: dict[str, tuple[str, dict]] = {}
+def _spellings() -> tuple[tuple[str, str, dict], ...]:
+    """(spelling, entry name, entry) for every entry name and alias of every knowledge file."""
+    out = []
     for path in sorted(KNOWLEDGE_DIR.glob("*.json")):
         for name, entry in json.loads(path.read_text(encoding="utf-8"))["targets"].items():
-            for spelling in (name, *entry.get("aliases", ())):
-                index[name_key(spelling)] = (name, entry)
-    return index
+            out.extend((spelling, name, entry) for spelling in (name, *entry.get("aliases", ())))
+    return tuple(out)
+
+
+@cache
+def _index() -> dict[str, tuple[str, dict]]:
+    """name key -> (entry name, entry)."""
+    return {name_key(spelling): (name, entry) for spelling, name, entry in _spellings()}
 
 
 def knowledge_for(target: str) -> TargetKnowledge:
@@ -125,11 +130,7 @@ def knowledge_for(target: str) -> TargetKnowledge:
 
 def organ_names() -> list[tuple[str, str]]:
     """Every spelling the knowledge base knows (entry names and aliases), each with the entry it names."""
-    spellings = []
-    for path in sorted(KNOWLEDGE_DIR.glob("*.json")):
-        for name, entry in json.loads(path.read_text(encoding="utf-8"))["targets"].items():
-            spellings.extend((spelling, name) for spelling in (name, *entry.get("aliases", ())))
-    return spellings
+    return [(spelling, name) for spelling, name, _ in _spellings()]
 
 
 def unknown_targets(targets: Iterable[str]) -> list[str]:

@@ -23,6 +23,10 @@ class TargetStats:
     within: float  # mean cosine similarity between different rows of this target
     across: float  # mean cosine similarity to rows of the other targets
 
+    @property
+    def sources_text(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(self.sources.items()))
+
 
 def store_statistics(table: pa.Table) -> list[TargetStats]:
     """Per target, over the modality rows (not union) of slices with body."""
@@ -39,13 +43,13 @@ def store_statistics(table: pa.Table) -> list[TargetStats]:
     labels = np.asarray(targets)
     out = []
     for target in dict.fromkeys(targets):
-        mine = vectors[labels == target]
+        picked = np.flatnonzero(labels == target)
+        mine = vectors[picked]
         others = vectors[labels != target]
         gram = mine @ mine.T
         n = len(mine)
         within = float((gram.sum() - np.trace(gram)) / (n * (n - 1))) if n > 1 else float("nan")
         across = float((mine @ others.T).mean()) if len(others) else float("nan")
-        picked = [i for i, t in enumerate(targets) if t == target]
         out.append(
             TargetStats(
                 target,
@@ -62,6 +66,5 @@ def store_statistics(table: pa.Table) -> list[TargetStats]:
 def format_statistics(stats: list[TargetStats]) -> str:
     lines = [f"{'target':20s} {'rows':>6s} {'distinct':>8s} {'within':>7s} {'across':>7s}  sources"]
     for s in stats:
-        sources = ", ".join(f"{k} {v}" for k, v in sorted(s.sources.items()))
-        lines.append(f"{s.target:20s} {s.rows:6d} {s.distinct:8d} {s.within:7.3f} {s.across:7.3f}  {sources}")
+        lines.append(f"{s.target:20s} {s.rows:6d} {s.distinct:8d} {s.within:7.3f} {s.across:7.3f}  {s.sources_text}")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ import numpy as np
 
 from stage1_instruct.describe import DescribeItem, Description, level_third
 from stage1_instruct.describe.regions import Region, SliceRegions, has_body, measure
+from stage1_instruct.instruct import target_name
 from stage1_instruct.knowledge import RegionPrior, TargetKnowledge, knowledge_for, knowledge_hash
 
 __all__ = ["ImageFactsDescriber", "has_body", "match_region", "region_words"]
@@ -68,16 +69,15 @@ def match_region(regions: SliceRegions, known: TargetKnowledge, modality: str) -
     return regions.candidates[best], fits[best]
 
 
+_SIZES = ((0.02, "small"), (0.08, "medium-sized"), (0.25, "large"), (float("inf"), "very large"))
+
+
 def region_words(region: Region) -> str:
     """A candidate in words: size, texture, shape, place in the body, share of the section, brightness."""
     side = "right" if region.x < -0.33 else "left" if region.x > 0.33 else "middle"
     depth = "anterior" if region.y < -0.33 else "posterior" if region.y > 0.33 else "central"
     place = f"the patient's {side} {depth} body" if side != "middle" else f"the {depth} middle of the body"
-    size = (
-        ("small" if region.area < 0.02 else "medium-sized" if region.area < 0.08 else "large")
-        if region.area < 0.25
-        else "very large"
-    )
+    size = next(word for bound, word in _SIZES if region.area < bound)
     texture = "homogeneous" if region.homogeneity > 0.8 else "heterogeneous"
     shape = "elongated" if region.elongation > 0.6 else "irregular" if region.solidity < 0.8 else "compact"
     brightness = (
@@ -112,7 +112,7 @@ class ImageFactsDescriber:
         expected = lo <= position <= hi
         region, fit = match_region(regions, known, item.modality)
         fits = fit >= FAIR_FIT
-        name = item.target.replace("_", " ")
+        name = target_name(item.target)
         if region is None:
             region_text = "no prior to match regions against" if known.region is None else "no candidate region"
         elif fits:

@@ -205,7 +205,6 @@ def _instruction_statistics(dataset: str, tags: set[str]) -> str:
             log.warning("report: instruction statistics of %s left out: %s", store.folder, e)
             continue
         for s in stats:
-            sources = ", ".join(f"{k} {v}" for k, v in sorted(s.sources.items()))
             rows.append(
                 [
                     _code(tag),
@@ -214,7 +213,7 @@ def _instruction_statistics(dataset: str, tags: set[str]) -> str:
                     str(s.distinct),
                     f"{s.within:.3f}",
                     f"{s.across:.3f}",
-                    _text(sources),
+                    _text(s.sources_text),
                 ]
             )
     if not rows:
