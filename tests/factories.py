@@ -107,51 +107,61 @@ TINY_VLM_CHAT_TEMPLATE = (
 
 
 def write_tiny_vlm(folder: Path) -> Path:
-    """A tiny LLaVA (2-layer CLIP vision tower, 2-layer Llama) with random weights and SmolLM2's tokenizer
-    (from the packaged GGUF), saved as a Hugging Face folder: a real vision-language model, no download."""
+    """A tiny SmolVLM (Idefics3: a 2-layer SigLIP-style vision tower, pixel-shuffle connector, a 2-layer Llama)
+    with random weights and SmolLM2's tokenizer (from the packaged GGUF; SmolVLM's own text model is SmolLM2),
+    saved as a Hugging Face folder: a real vision-language model, no download. Idefics3 rather than LLaVA
+    because vLLM's LLaVA module imports torchvision, which the CPU vLLM environment cannot load."""
     import torch
     from transformers import (
         AutoTokenizer,
-        CLIPImageProcessor,
-        CLIPVisionConfig,
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3Processor,
         LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
     )
+    from transformers.models.idefics3 import Idefics3ImageProcessorPil
 
     from stage1_instruct.offline_models import smollm2_gguf
 
     gguf = smollm2_gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16
-    )
-    text = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
+    grid = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+    specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", *grid]
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    image_size, patch_size, scale_factor = 64, 16, 2
+    text = LlamaConfig(  # head_dim 64: vLLM's CPU attention kernels take 32 and up, not 16
+        hidden_size=64,
+        intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
+        num_attention_heads=1,
+        num_key_value_heads=1,
         vocab_size=len(tokenizer),
         max_position_embeddings=2048,
     )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
+    config = Idefics3Config(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": image_size,
+            "patch_size": patch_size,
+        },
+        text_config=text.to_dict(),
+        scale_factor=scale_factor,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
     )
     torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(folder)
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}),
+    Idefics3ForConditionalGeneration(config).save_pretrained(folder)
+    processor = Idefics3Processor(
+        image_processor=Idefics3ImageProcessorPil(
+            size={"longest_edge": image_size},
+            max_image_size={"longest_edge": image_size},
+            do_image_splitting=False,
+        ),
         tokenizer=tokenizer,
-        patch_size=16,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
+        image_seq_len=(image_size // patch_size) ** 2 // scale_factor**2,
         chat_template=TINY_VLM_CHAT_TEMPLATE,
     )
     processor.save_pretrained(folder)

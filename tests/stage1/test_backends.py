@@ -107,7 +107,7 @@ def test_parse_and_clean_model_output():
 @pytest.mark.slow
 def test_transformers_describer_runs_a_real_vision_language_model(tmp_path):
     """Image -> chat template (with the slice's position) -> generation -> a parsed Description, end to end
-    with a tiny random-weight LLaVA: the answer is noise, the plumbing is real."""
+    with a tiny random-weight SmolVLM (Idefics3): the answer is noise, the plumbing is real."""
     folder = write_tiny_vlm(tmp_path / "tiny-vlm")
     describer = TransformersDescriber(str(folder), max_new_tokens=8)
     describer._load()

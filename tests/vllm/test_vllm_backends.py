@@ -14,6 +14,18 @@ pytestmark = pytest.mark.vllm
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process: no spawn under pytest
 
 
+@pytest.fixture(autouse=True)
+def _free_engine():
+    """Each test's engine is released before the next starts: vLLM sizes its CPU KV cache from the memory left."""
+    yield
+    import gc
+
+    from vllm.distributed import cleanup_dist_env_and_memory
+
+    gc.collect()
+    cleanup_dist_env_and_memory()
+
+
 @pytest.fixture(scope="module")
 def smollm2_folder(tmp_path_factory):
     """vLLM wants a Hugging Face folder: write SmolLM2 (dequantised from the packaged GGUF) as one."""
@@ -73,14 +85,16 @@ def test_vllm_embedder_matches_sentence_transformers():
 
 def test_vllm_describer_on_a_tiny_vision_language_model(tmp_path):
     """Image -> chat with one image -> JSON-schema-constrained generation -> parsed Description, with a tiny
-    random-weight LLaVA saved to a local folder: the schema forces every field of FIELDS to be there."""
+    random-weight SmolVLM (Idefics3) saved to a local folder: the schema forces every field of FIELDS to be there."""
     from stage1_instruct.config import VllmOptions
     from stage1_instruct.describe import FIELDS, DescribeItem
     from stage1_instruct.describe.vllm_backend import VllmDescriber
     from tests.factories import write_tiny_vlm
 
     folder = write_tiny_vlm(tmp_path / "tiny-vlm")
-    options = VllmOptions(max_num_seqs=4, max_model_len=2048, gpu_memory_utilization=0.25)
+    # on CPU the KV cache gets this share of memory minus the process's resident set, which the earlier
+    # tests' engines leave at about 3 GiB
+    options = VllmOptions(max_num_seqs=4, max_model_len=2048, gpu_memory_utilization=0.5)
     describer = VllmDescriber(str(folder), options, max_new_tokens=96)
     image = np.random.default_rng(0).random((80, 80)).astype(np.float32)
     items = [
