@@ -64,7 +64,10 @@ def make_splits(
         raise ZeusError(f"dataset {dataset} has no cases to split")
     if folds < 1 or not 0 <= test_fraction < 1:
         raise ZeusError(f"need folds >= 1 and 0 <= test_fraction < 1, got {folds}, {test_fraction}")
-    order = [case_ids[i] for i in np.random.default_rng(seed).permutation(len(case_ids))]
+    # sorted first: the split depends on the case ids and the seed only, not on the order they were found or
+    # prepared in (prepare lists built cases before cached ones)
+    ids = sorted(case_ids)
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
     n_test = max(1, round(len(order) * test_fraction)) if len(order) >= 3 and test_fraction > 0 else 0
     test, rest = sorted(order[:n_test]), order[n_test:]
     k = min(folds, len(rest))

@@ -26,6 +26,7 @@ def test_splits_are_patient_level_disjoint_and_cover_every_case():
 
 def test_splits_depend_only_on_the_seed():
     assert make_splits("ds", CASES, seed=1) == make_splits("ds", CASES, seed=1)
+    assert make_splits("ds", CASES[::-1], seed=1) == make_splits("ds", CASES, seed=1)  # order-independent
     assert make_splits("ds", CASES, seed=1).test != make_splits("ds", CASES, seed=2).test
 
 
