@@ -150,7 +150,8 @@ def postprocess(
     run: Annotated[Path, typer.Argument(help="Run folder.")],
 ) -> None:
     """Decide the run's 3-D post-processing on its validation cases (``zeus train`` does this itself; this is
-    for runs trained before it did): per class, keep the largest connected component where that raises Dice."""
+    for runs trained before it did): per class, keep the largest connected component, then redraw the class with
+    the box-prompted decoder inside the boxes of its prediction, each step where it raises validation Dice."""
     from stage2_segment.postprocess import decide_for_run
 
     decision = decide_for_run(run)
@@ -158,9 +159,13 @@ def postprocess(
         typer.echo(f"{run} has no validation cases: no post-processing")
         return
     for name, raw in decision.val_dice_raw.items():
-        kept = decision.val_dice_largest_component[name]
-        mark = "largest component" if name in decision.largest_component else "raw"
-        typer.echo(f"{name:20s} validation Dice raw {_number(raw)}, largest component {_number(kept)} -> {mark}")
+        kept, refined = decision.val_dice_largest_component[name], decision.val_dice_box_refined.get(name)
+        chosen = {"largest component": decision.largest_component, "box refinement": decision.box_refine}
+        steps = [step for step, classes in chosen.items() if name in classes]
+        typer.echo(
+            f"{name:20s} validation Dice raw {_number(raw)}, largest component {_number(kept)}, "
+            f"box-refined {_number(refined)} -> {' + '.join(steps) or 'raw'}"
+        )
 
 
 def _number(value: float | None) -> str:

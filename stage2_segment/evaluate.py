@@ -217,11 +217,11 @@ def evaluate_run(
     timings = []
     for case_id in tqdm(case_ids, desc=f"evaluate {split}", unit="case", disable=not progress):
         start = time.perf_counter()
-        probabilities = predictor.predict_case(case_id, cases, features, instructions)
+        segmentation = predictor.segment_case(case_id, cases, features, instructions)
         meta = cases.meta(case_id)
-        (pred_path,) = predictor.write(meta, probabilities, folder.predictions)
+        (pred_path,) = predictor.write(meta, segmentation, folder.predictions)
         timings.append(time.perf_counter() - start)
-        _save_model_slices(folder.model_slices(case_id), predictor.label_map(probabilities))
+        _save_model_slices(folder.model_slices(case_id), segmentation.labels)
         truth = _ground_truth(layout, case_id, dataset.manifest.reference_modality)
         rows, slices = score_case(case_id, read_image_file(pred_path, case_id), truth, targets, None)
         case_rows += rows

@@ -1,18 +1,24 @@
-"""3-D post-processing decided on validation, as nnU-Net does: per class, keep only the largest connected
-component where that raises the class's mean validation Dice, and nowhere else.
+"""Post-processing decided on validation, as nnU-Net does: each step is applied to a class only where it raises
+the class's mean validation Dice. Two steps, in this order:
+
+1. keep only the largest 3-D connected component of the class;
+2. redraw the class with the frozen box-prompted LiteMedSAM inside the boxes of its prediction
+   (``stage2_segment.refine``; Zeus runs only, as it reads the cached image embeddings).
 
 A text-prompted decoder sees one slice at a time, so it leaves islands on slices far from the organ (they
 dominate HD95). Whether removing them helps is a property of the class (one liver, two kidneys given as two
 classes; a tumour may be multifocal), so it is measured, not assumed. The decision is made on the run's
 validation cases with its best checkpoint, written as ``postprocessing.json`` in the run folder
-(``RunFolder.postprocessing``), and applied by ``Predictor.label_map`` to every prediction after it.
+(``RunFolder.postprocessing``), and applied by ``Predictor.label_map`` to every prediction after it. Box
+refinement is decided on the label maps the first step leaves, with every class redrawn at once.
 Components are 26-connected in the model's slice grid (connectivity does not depend on the spacing).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,18 +57,50 @@ def dice(pred: np.ndarray, true: np.ndarray) -> float:
     return float("nan") if total == 0 else 2 * int((pred & true).sum()) / total
 
 
-def decide(cases: list[tuple[np.ndarray, np.ndarray]], targets: dict[str, int]) -> Postprocessing:
-    """``cases``: (predicted, true) label-value maps ``[Z, S, S]`` of the validation cases. A class gets the
-    largest-component step where its mean Dice over the cases rises with it (ties keep the raw prediction)."""
+@dataclass(frozen=True)
+class ValidationCase:
+    """A validation case as the decision sees it: label-value maps ``[Z, S, S]`` and, for box refinement, the
+    case's cached image embeddings ``[Z, C, 256, 64, 64]``."""
+
+    predicted: np.ndarray
+    true: np.ndarray
+    embeddings: np.ndarray | None = None
+
+
+# (label map, embeddings, label values to redraw) -> label map: ``stage2_segment.refine.BoxRefiner``
+Refiner = Callable[[np.ndarray, np.ndarray, Collection[int]], np.ndarray]
+
+
+def decide(cases: list[ValidationCase], targets: dict[str, int], refiner: Refiner | None = None) -> Postprocessing:
+    """A class gets a step where its mean Dice over the cases rises with it (ties keep the class as it was).
+    Without ``refiner`` (or embeddings) box refinement is not considered."""
+    predicted = [c.predicted for c in cases]
     chosen, raw_dice, kept_dice = [], {}, {}
     for name, value in targets.items():
-        raw = [dice(p == value, t == value) for p, t in cases]
-        kept = [dice(keep_largest_component(p, value) == value, t == value) for p, t in cases]
-        raw_mean, kept_mean = _mean(raw), _mean(kept)
-        raw_dice[name], kept_dice[name] = raw_mean, kept_mean
-        if raw_mean is not None and kept_mean is not None and kept_mean > raw_mean:
+        raw_dice[name] = _mean_dice(predicted, cases, value)
+        kept_dice[name] = _mean_dice([keep_largest_component(p, value) for p in predicted], cases, value)
+        if _rises(raw_dice[name], kept_dice[name]):
             chosen.append(name)
-    return Postprocessing(largest_component=chosen, val_dice_raw=raw_dice, val_dice_largest_component=kept_dice)
+    decision = Postprocessing(largest_component=chosen, val_dice_raw=raw_dice, val_dice_largest_component=kept_dice)
+    if refiner is None or any(c.embeddings is None for c in cases):
+        return decision
+    before = [apply(p, [targets[n] for n in chosen]) for p in predicted]
+    redrawn = [refiner(labels, c.embeddings, targets.values()) for labels, c in zip(before, cases, strict=True)]
+    refined, refined_dice = [], {}
+    for name, value in targets.items():
+        refined_dice[name] = _mean_dice(redrawn, cases, value)
+        if _rises(_mean_dice(before, cases, value), refined_dice[name]):
+            refined.append(name)
+    return replace(decision, box_refine=refined, val_dice_box_refined=refined_dice)
+
+
+def _mean_dice(maps: list[np.ndarray], cases: list[ValidationCase], value: int) -> float | None:
+    """Mean Dice of class ``value`` over the cases (label maps in the cases' order); None where undefined."""
+    return _mean([dice(m == value, c.true == value) for m, c in zip(maps, cases, strict=True)])
+
+
+def _rises(before: float | None, after: float | None) -> bool:
+    return before is not None and after is not None and after > before
 
 
 def _mean(values: list[float]) -> float | None:
@@ -89,11 +127,17 @@ def decide_for_run(run_dir: Path, *, progress: bool = True) -> Postprocessing | 
     if prepared.problems:
         raise ZeusError(f"cannot decide post-processing for {run_dir}: validation cases failed to prepare")
     features, instructions = predictor.features(cases), predictor.instructions(dataset)
-    pairs = []
+    validation = []
     for case_id in tqdm(val_ids, desc="post-processing (validation)", unit="case", disable=not progress):
         probabilities = predictor.predict_case(case_id, cases, features, instructions)
-        pairs.append((predictor.raw_label_map(probabilities), cases.label(case_id)))
-    decision = decide(pairs, dataset.manifest.targets)
+        embeddings = features.load(case_id) if features is not None else None
+        validation.append(ValidationCase(predictor.raw_label_map(probabilities), cases.label(case_id), embeddings))
+    decision = decide(validation, dataset.manifest.targets, predictor.box_refiner())
     run.write_postprocessing(decision)
-    log.info("post-processing of %s: largest component for %s", run_dir, decision.largest_component or "no class")
+    log.info(
+        "post-processing of %s: largest component for %s; box refinement for %s",
+        run_dir,
+        decision.largest_component or "no class",
+        decision.box_refine or "no class",
+    )
     return decision

@@ -12,6 +12,7 @@ the t-th target of the manifest), and writes them back on the reference modality
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,19 @@ from stage2_segment.features import FeatureCache, feature_cache
 from stage2_segment.instructions import InstructionTable, instruction_table
 from stage2_segment.modeling.build import build_model
 from stage2_segment.modeling.segmenter import SegmenterConfig
-from stage2_segment.runs import BEST, RunFolder, load_checkpoint, mixed_precision, pick_device
+from stage2_segment.refine import BoxRefiner
+from stage2_segment.runs import BEST, Postprocessing, RunFolder, load_checkpoint, mixed_precision, pick_device
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """One case on the model slices: softmax ``probabilities`` float32 ``[T + 1, Z, S, S]`` (channel 0 the
+    background) and ``labels``, the post-processed uint8 ``[Z, S, S]`` map of manifest label values."""
+
+    probabilities: np.ndarray
+    labels: np.ndarray
 
 
 class Predictor:
@@ -42,12 +53,14 @@ class Predictor:
     ):
         self.run, self.dataset, self.config, self.model, self.device = run, dataset, config, model, device
         self.label_values = np.asarray([0, *dataset.manifest.targets.values()], np.uint8)  # class index -> value
-        decision = run.read_postprocessing()
-        unknown = [c for c in (decision.largest_component if decision else []) if c not in dataset.manifest.targets]
+        decision = run.read_postprocessing() or Postprocessing(largest_component=[])
+        unknown = sorted(decision.classes - set(dataset.manifest.targets))
         if unknown:
             raise ZeusError(f"{run.postprocessing_json} names classes the run does not have: {unknown}")
-        # label values that keep their largest 3-D component only (decided on validation: postprocess.py)
-        self.largest_component = [dataset.manifest.targets[c] for c in decision.largest_component] if decision else []
+        # label values of the classes each post-processing step applies to (decided on validation: postprocess.py)
+        self.largest_component = [dataset.manifest.targets[c] for c in decision.largest_component]
+        self.box_refine = [dataset.manifest.targets[c] for c in decision.box_refine]
+        self._refiner = self.box_refiner() if self.box_refine else None
 
     @classmethod
     def from_run(cls, run_dir: Path, *, root: Path | None = None, checkpoint: str = BEST) -> Predictor:
@@ -101,25 +114,54 @@ class Predictor:
             out.append(torch.softmax(logits.float(), dim=1).cpu())
         return torch.cat(out).permute(1, 0, 2, 3).numpy()
 
+    def box_refiner(self) -> BoxRefiner | None:
+        """The box-prompted decoder that redraws this run's predictions (``stage2_segment.refine``); None for
+        the U-Net (no image embeddings) and the box-prompted reference (its boxes are the ground truth's)."""
+        if self.config.model != "zeus":
+            return None
+        manifest = self.dataset.manifest
+        channel = 0 if self.config.fusion == "early" else manifest.modality_names.index(manifest.reference_modality)
+        return BoxRefiner(list(manifest.targets.values()), channel=channel, device=self.device)
+
+    def segment_case(
+        self,
+        case_id: str,
+        cases: CaseCache,
+        features: FeatureCache | None,
+        instructions: InstructionTable | None,
+    ) -> Segmentation:
+        """The probabilities and the post-processed label map of one prepared case."""
+        probabilities = self.predict_case(case_id, cases, features, instructions)
+        embeddings = features.load(case_id) if features is not None else None
+        return Segmentation(probabilities, self.label_map(probabilities, embeddings))
+
     def raw_label_map(self, probabilities: np.ndarray) -> np.ndarray:
         """uint8 ``[Z, S, S]`` manifest label values of the most probable class."""
         return self.label_values[probabilities.argmax(axis=0)]
 
-    def label_map(self, probabilities: np.ndarray) -> np.ndarray:
-        """The raw label map after the run's post-processing (the largest component of the classes chosen on
-        validation; none when the run has no decision)."""
-        return postprocess.apply(self.raw_label_map(probabilities), self.largest_component)
+    def label_map(self, probabilities: np.ndarray, embeddings: np.ndarray | None = None) -> np.ndarray:
+        """The raw label map after the run's post-processing: the largest component of the classes chosen on
+        validation, then the box refinement of those chosen for it, which reads the case's cached image
+        embeddings ``[Z, C, 256, 64, 64]``. A run without a decision gets the raw map."""
+        labels = postprocess.apply(self.raw_label_map(probabilities), self.largest_component)
+        if self._refiner is None:
+            return labels
+        if embeddings is None:
+            raise ValueError(f"{self.run.path} redraws {self.box_refine} with boxes: pass the case's image embeddings")
+        return self._refiner(labels, embeddings, self.box_refine)
 
     def write(
-        self, meta: CaseMeta, probabilities: np.ndarray, out_dir: Path, *, probability_maps: bool = False
+        self, meta: CaseMeta, segmentation: Segmentation, out_dir: Path, *, probability_maps: bool = False
     ) -> list[Path]:
-        """The label map (and optionally per-target probabilities) as NIfTI on the original reference grid."""
+        """The label map (and optionally the raw per-target probabilities) as NIfTI on the original reference
+        grid."""
         label_path = out_dir / f"{meta.case_id}.nii.gz"
-        write_image(label_path, meta.restore(self.label_map(probabilities), is_label=True))
+        write_image(label_path, meta.restore(segmentation.labels, is_label=True))
         written = [label_path]
         if probability_maps:
             for index, target in enumerate(self.dataset.manifest.targets, start=1):
-                image = sitk.Cast(meta.restore(probabilities[index], is_label=False), sitk.sitkFloat32)
+                probabilities = segmentation.probabilities[index]
+                image = sitk.Cast(meta.restore(probabilities, is_label=False), sitk.sitkFloat32)
                 path = out_dir / f"{meta.case_id}_prob_{slug(target)}.nii.gz"
                 write_image(path, image)
                 written.append(path)

@@ -191,22 +191,38 @@ class ClassSummary:
 
 @dataclass(frozen=True)
 class Postprocessing:
-    """``postprocessing.json``: the classes whose predictions keep their largest 3-D component only, chosen
-    on the validation cases (``stage2_segment.postprocess``), with the mean validation Dice either way."""
+    """``postprocessing.json``: what is applied to a run's label maps, chosen on the validation cases
+    (``stage2_segment.postprocess``) with the mean validation Dice of each choice: the classes that keep their
+    largest 3-D component only, then the classes redrawn by the box-prompted decoder (``stage2_segment.refine``).
+    Files written before box refinement existed have no ``box_refine``: nothing is redrawn."""
 
     largest_component: list[str]
     val_dice_raw: dict[str, float | None] = field(default_factory=dict)
     val_dice_largest_component: dict[str, float | None] = field(default_factory=dict)
+    box_refine: list[str] = field(default_factory=list)
+    val_dice_box_refined: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> set[str]:
+        """Every class a step names."""
+        return {*self.largest_component, *self.box_refine}
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Postprocessing:
-        classes = data.get("largest_component")
-        if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
-            raise ValueError("largest_component must be a list of class names")
-        return cls(classes, dict(data.get("val_dice_raw", {})), dict(data.get("val_dice_largest_component", {})))
+        lists = {key: data.get(key, [] if key == "box_refine" else None) for key in ("largest_component", "box_refine")}
+        for key, classes in lists.items():
+            if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+                raise ValueError(f"{key} must be a list of class names")
+        return cls(
+            lists["largest_component"],
+            dict(data.get("val_dice_raw", {})),
+            dict(data.get("val_dice_largest_component", {})),
+            lists["box_refine"],
+            dict(data.get("val_dice_box_refined", {})),
+        )
 
 
 @dataclass(frozen=True)

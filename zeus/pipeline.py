@@ -113,6 +113,6 @@ def _predict(
     if features is not None:
         features.ensure(ids, progress=progress)
     for meta in tqdm(metas, desc="segment", unit="scan", disable=not progress):
-        probabilities = predictor.predict_case(meta.case_id, cases, features, table)
-        done.written += predictor.write(meta, probabilities, output, probability_maps=probability_maps)
+        segmentation = predictor.segment_case(meta.case_id, cases, features, table)
+        done.written += predictor.write(meta, segmentation, output, probability_maps=probability_maps)
     return done

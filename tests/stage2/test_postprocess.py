@@ -5,8 +5,11 @@ import json
 import numpy as np
 import pytest
 
+from shared.cases import CaseCache
 from shared.errors import ZeusError
-from stage2_segment.postprocess import apply, decide, keep_largest_component
+from shared.splits import load_splits
+from stage2_segment.postprocess import ValidationCase, apply, decide, keep_largest_component
+from stage2_segment.refine import BoxRefiner
 from stage2_segment.runs import Postprocessing, RunFolder
 
 
@@ -37,21 +40,52 @@ def test_decide_keeps_the_step_only_where_validation_dice_rises():
     true[4, 0:2, 7:9] = 2  # class 2 really has two pieces: dropping the smaller one costs Dice
     pred = _volume()
     pred[4, 0:2, 7:9] = 2
-    decision = decide([(pred, true)], {"organ": 1, "paired": 2, "absent": 3})
+    decision = decide([ValidationCase(pred, true)], {"organ": 1, "paired": 2, "absent": 3})
     assert decision.largest_component == ["organ"]
     assert decision.val_dice_largest_component["organ"] == pytest.approx(1.0)
     assert decision.val_dice_raw["organ"] == pytest.approx(2 * 48 / (52 + 48))
     assert decision.val_dice_raw["paired"] == pytest.approx(1.0)
     assert decision.val_dice_largest_component["paired"] < 1.0
     assert decision.val_dice_raw["absent"] is None  # empty in every case: undefined, never chosen
+    assert decision.box_refine == [] and decision.val_dice_box_refined == {}  # no refiner: not considered
+
+
+def test_box_refinement_is_chosen_per_class_where_it_raises_validation_dice():
+    true = np.zeros((2, 8, 8), np.uint8)
+    true[:, 1:5, 1:5] = 1
+    true[:, 5:8, 5:8] = 2
+    pred = true.copy()
+    pred[:, 1, 1:5] = 0  # class 1 under-segmented: the refiner below restores it
+    seen = []
+
+    def refiner(labels, embeddings, values):
+        seen.append((labels.copy(), embeddings, sorted(values)))
+        out = labels.copy()
+        out[true == 1] = 1  # redraws class 1 exactly
+        out[(labels == 2) & (np.arange(8) == 7)] = 0  # and damages class 2
+        return out
+
+    embeddings = np.zeros((2, 1, 4, 4, 4), np.float16)
+    decision = decide([ValidationCase(pred, true, embeddings)], {"organ": 1, "other": 2}, refiner)
+    assert decision.box_refine == ["organ"]
+    assert decision.val_dice_box_refined["organ"] == pytest.approx(1.0)
+    assert decision.val_dice_box_refined["other"] < decision.val_dice_largest_component["other"] == 1.0
+    # the refiner saw the maps after the largest-component step, the case's embeddings and every class
+    (labels, given, values) = seen[0]
+    assert np.array_equal(labels, pred) and given is embeddings and values == [1, 2]
+    # a case without embeddings (the U-Net has none): box refinement is not considered
+    assert decide([ValidationCase(pred, true)], {"organ": 1}, refiner).box_refine == []
 
 
 def test_the_decision_round_trips_and_a_damaged_one_is_named(tmp_path):
     run = RunFolder(tmp_path)
     assert run.read_postprocessing() is None
-    decision = Postprocessing(["liver"], {"liver": 0.8}, {"liver": 0.85})
+    decision = Postprocessing(["liver"], {"liver": 0.8}, {"liver": 0.85}, ["liver"], {"liver": 0.9})
     run.write_postprocessing(decision)
     assert run.read_postprocessing() == decision
+    # a decision written before box refinement existed redraws nothing
+    run.postprocessing_json.write_text(json.dumps({"largest_component": ["liver"]}), encoding="utf-8")
+    assert run.read_postprocessing() == Postprocessing(["liver"])
     run.postprocessing_json.write_text(json.dumps({"largest_component": "liver"}), encoding="utf-8")
     with pytest.raises(ZeusError, match=r"postprocessing\.json is damaged"):
         run.read_postprocessing()
@@ -68,6 +102,8 @@ def test_training_decides_on_validation_and_prediction_applies_the_decision(stag
     targets = stage2_dataset.manifest.targets
     assert decision is not None and set(decision.val_dice_raw) == set(targets)
     assert set(decision.largest_component) <= set(targets)
+    assert set(decision.val_dice_box_refined) == set(targets)  # box refinement was considered for every class
+    assert set(decision.box_refine) <= set(targets)
 
     run.write_postprocessing(Postprocessing(list(targets)))
     predictor = Predictor.from_run(run.path)
@@ -76,6 +112,20 @@ def test_training_decides_on_validation_and_prediction_applies_the_decision(stag
     raw = predictor.raw_label_map(probabilities)
     assert np.array_equal(predictor.label_map(probabilities), apply(raw, targets.values()))
     assert not np.array_equal(predictor.label_map(probabilities), raw)  # random maps have many islands
+
+    # box refinement redraws the chosen class from the case's embeddings, after the largest-component step
+    first, value = next(iter(targets.items()))
+    run.write_postprocessing(Postprocessing(list(targets), box_refine=[first]))
+    predictor = Predictor.from_run(run.path)
+    cases = CaseCache(stage2_dataset, 256)
+    (case_id,) = load_splits(stage2_dataset.name).test
+    features = predictor.features(cases)
+    segmentation = predictor.segment_case(case_id, cases, features, predictor.instructions(stage2_dataset))
+    kept = apply(predictor.raw_label_map(segmentation.probabilities), targets.values())
+    refiner = BoxRefiner(list(targets.values()))
+    assert np.array_equal(segmentation.labels, refiner(kept, features.load(case_id), [value]))
+    with pytest.raises(ValueError, match="pass the case's image embeddings"):
+        predictor.label_map(segmentation.probabilities)
 
     run.write_postprocessing(Postprocessing(["pancreas"]))
     with pytest.raises(ZeusError, match="names classes the run does not have"):
