@@ -89,7 +89,7 @@ def decide(cases: list[ValidationCase], targets: dict[str, int], refiner: Refine
     refined, refined_dice = [], {}
     for name, value in targets.items():
         refined_dice[name] = _mean_dice(redrawn, cases, value)
-        if _rises(_mean_dice(before, cases, value), refined_dice[name]):
+        if _rises(kept_dice[name] if name in chosen else raw_dice[name], refined_dice[name]):
             refined.append(name)
     return replace(decision, box_refine=refined, val_dice_box_refined=refined_dice)
 

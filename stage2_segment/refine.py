@@ -7,6 +7,7 @@ each slice's predicted mask of that class gives a box (its extent + ``BOX_MARGIN
 reference draws them) and the pretrained box decoder's mask inside the prompt replaces the prediction. The
 boxes of every class are decoded, so redrawn masks compete with the other classes' box masks as in the
 reference.
+
 Nothing here reads the ground truth: the boxes come from the model's own prediction, so a slice where the
 text-prompted model missed the target stays empty, and one where it saw a false target keeps a false box.
 
