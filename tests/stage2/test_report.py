@@ -10,7 +10,7 @@ from PIL import Image
 
 from stage2_segment.config import TrainConfig
 from stage2_segment.evaluate import evaluate_run
-from stage2_segment.runs import pending_evaluations
+from stage2_segment.runs import Postprocessing, RunFolder, pending_evaluations
 from stage2_segment.train import Trainer, prepare_training_data
 from zeus.report.browser import find_browser, screenshot
 from zeus.report.build import build_reports
@@ -79,8 +79,16 @@ def test_baseline_beside_zeus_in_the_comparison(evaluated_run, tmp_path, monkeyp
     summary = evaluate_run(trainer.run_dir, progress=False)  # no encoder, no instructions: slices in, labels out
     assert pending_evaluations(dataset.name) == []
     assert set(summary.classes) == set(dataset.manifest.targets)
+    zeus_run = RunFolder(tmp_path / "home" / "runs" / dataset.name / "late__text-template__fold0")
+    zeus_run.write_postprocessing(Postprocessing(["liver", "spleen"], box_refine=["spleen"]))
     (html,) = build_reports([dataset.name], tmp_path / "reports")
     markdown = html.with_suffix(".md").read_text(encoding="utf-8")
+    # the provenance says what post-processing each evaluation applied
+    provenance = markdown.split("## Provenance")[1]
+    rows = {line.split("|")[1].strip(): line for line in provenance.splitlines() if line.startswith("| ")}
+    applied = "largest component: liver, spleen; box refinement: spleen"
+    assert rows["Zeus late / template"].rstrip(" |").endswith(applied)
+    assert rows["U-Net (from scratch)"].rstrip(" |").endswith("none")
     comparison = markdown.split("## Baselines and ablations")[1].split("##")[0]
     unet = next(line for line in comparison.splitlines() if line.startswith("| U-Net (from scratch) |"))
     zeus_summary = (

@@ -30,7 +30,7 @@ from stage2_segment.evaluate import format_number, format_stats
 from stage2_segment.features import encoder_costs
 from stage2_segment.instructions import instruction_table
 from stage2_segment.metrics import score_masks
-from stage2_segment.runs import EVALUATED_SPLIT, datasets_with_runs
+from stage2_segment.runs import EVALUATED_SPLIT, Postprocessing, datasets_with_runs
 from zeus.ablation import FOREGROUND, compare, conclusion, read_plan
 from zeus.report import figures
 from zeus.report.collect import DamagedRun, RunRecord, collect_runs, stage_one_costs
@@ -409,14 +409,35 @@ def _provenance(runs: list[RunRecord]) -> str:
                 r.info.encoder or "-",
                 _code(r.tag) if r.tag else "-",
                 checkpoint,
+                _postprocessing(r.postprocessing),
             ]
         )
-    header = ["Run", "folder", "config hash", "git revision", "best epoch", "encoder", "stage-1 store", "checkpoint"]
+    header = [
+        "Run",
+        "folder",
+        "config hash",
+        "git revision",
+        "best epoch",
+        "encoder",
+        "stage-1 store",
+        "checkpoint",
+        "post-processing",
+    ]
     note = (
         "Every number above comes from these folders: `config.json` (resolved configuration; its `train` section "
-        "hashed), `log.csv`, `evaluation/test/{cases.csv, slices.csv, summary.json}`."
+        "hashed), `log.csv`, `evaluation/test/{cases.csv, slices.csv, summary.json}`, and `postprocessing.json` "
+        "(decided on validation; box refinement redraws a class with the frozen LiteMedSAM decoder from the boxes "
+        "of the run's own prediction, never from the ground truth)."
     )
     return "## Provenance\n\n" + note + "\n\n" + _table(header, rows)
+
+
+def _postprocessing(decision: Postprocessing | None) -> str:
+    """The post-processing steps a run's evaluation applied, per class."""
+    if decision is None:
+        return "none"
+    steps = {"largest component": decision.largest_component, "box refinement": decision.box_refine}
+    return "; ".join(f"{step}: {', '.join(classes)}" for step, classes in steps.items() if classes) or "none"
 
 
 def _definitions() -> str:

@@ -16,7 +16,7 @@ from shared.errors import ZeusError
 from shared.instructions import InstructionStore, RunLogEntry
 from stage2_segment.config import BOX_REFERENCE, TrainConfig
 from stage2_segment.modeling.box_reference import BOX_MARGIN
-from stage2_segment.runs import EVALUATED_SPLIT, EvaluationSummary, RunFolder, RunInfo, list_runs
+from stage2_segment.runs import EVALUATED_SPLIT, EvaluationSummary, Postprocessing, RunFolder, RunInfo, list_runs
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class RunRecord:
     info: RunInfo  # config.json
     log: list[dict[str, float | None]]  # log.csv rows
     evaluation: EvaluationSummary | None  # evaluation/test/summary.json
+    postprocessing: Postprocessing | None = None  # postprocessing.json: what the evaluation applied
 
     @property
     def name(self) -> str:
@@ -121,7 +122,7 @@ def collect_runs(dataset: str) -> tuple[list[RunRecord], list[DamagedRun]]:
     for run in list_runs(dataset):
         try:
             evaluation = run.evaluation(EVALUATED_SPLIT).read_summary()
-            records.append(RunRecord(run, run.read_info(), run.read_log(), evaluation))
+            records.append(RunRecord(run, run.read_info(), run.read_log(), evaluation, run.read_postprocessing()))
         except ZeusError as e:
             log.warning("report: leaving out run %s: %s", run.path, e)
             damaged.append(DamagedRun(run.name, str(e)))
