@@ -160,8 +160,7 @@ def postprocess(
         return
     for name, raw in decision.val_dice_raw.items():
         kept, refined = decision.val_dice_largest_component[name], decision.val_dice_box_refined.get(name)
-        chosen = {"largest component": decision.largest_component, "box refinement": decision.box_refine}
-        steps = [step for step, classes in chosen.items() if name in classes]
+        steps = [step for step, classes in decision.steps.items() if name in classes]
         typer.echo(
             f"{name:20s} validation Dice raw {_number(raw)}, largest component {_number(kept)}, "
             f"box-refined {_number(refined)} -> {' + '.join(steps) or 'raw'}"

@@ -203,9 +203,14 @@ class Postprocessing:
     val_dice_box_refined: dict[str, float | None] = field(default_factory=dict)
 
     @property
+    def steps(self) -> dict[str, list[str]]:
+        """Each step, named as commands and the report name it, with the classes it applies to, in order."""
+        return {"largest component": self.largest_component, "box refinement": self.box_refine}
+
+    @property
     def classes(self) -> set[str]:
         """Every class a step names."""
-        return {*self.largest_component, *self.box_refine}
+        return {c for classes in self.steps.values() for c in classes}
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

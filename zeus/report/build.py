@@ -436,8 +436,8 @@ def _postprocessing(decision: Postprocessing | None) -> str:
     """The post-processing steps a run's evaluation applied, per class."""
     if decision is None:
         return "none"
-    steps = {"largest component": decision.largest_component, "box refinement": decision.box_refine}
-    return "; ".join(f"{step}: {', '.join(classes)}" for step, classes in steps.items() if classes) or "none"
+    applied = [f"{step}: {', '.join(classes)}" for step, classes in decision.steps.items() if classes]
+    return "; ".join(applied) or "none"
 
 
 def _definitions() -> str:
