@@ -50,6 +50,10 @@ def train(
         int,
         typer.Option(min=0, help="Augmented copies per training case (rotation, scale, shift, gamma; no flips)."),
     ] = TrainConfig.augment_copies,
+    slice_context: Annotated[
+        int,
+        typer.Option(min=0, help="2.5-D: neighbouring slices on either side each slice's embedding takes in."),
+    ] = TrainConfig.slice_context,
     slices_per_epoch: Annotated[int | None, typer.Option(help="Sample this many training slices per epoch.")] = None,
     time_budget: Annotated[
         str | None,
@@ -96,6 +100,7 @@ def train(
         seed=seed,
         precision=precision,
         augment_copies=augment_copies,
+        slice_context=slice_context,
         slices_per_epoch=slices_per_epoch,
         early_stopping=early_stopping,
         time_budget=parse_duration(time_budget) if time_budget else None,

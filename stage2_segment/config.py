@@ -52,6 +52,8 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"  # one of PRECISIONS
     num_tokens: int = 2
+    # 2.5-D: each slice's embedding also takes in the embeddings of this many slices on either side
+    slice_context: int = 0
     image_size: int = DEFAULT_IMAGE_SIZE
     # augmented copies per training case, encoded once (stage2_segment.augment); 0: the original slices only
     augment_copies: int = 0
@@ -83,6 +85,10 @@ class TrainConfig:
             raise ZeusError("epochs, batch size and learning rate must be positive")
         if self.augment_copies < 0:
             raise ZeusError(f"--augment-copies must be 0 or more, got {self.augment_copies}")
+        if self.slice_context < 0:
+            raise ZeusError(f"--slice-context must be 0 or more, got {self.slice_context}")
+        if self.slice_context and self.model != "zeus":
+            raise ZeusError("--slice-context is an input of the Zeus segmenter: --model zeus only")
         if self.augment_copies and not self.uses_features:
             raise ZeusError("--augment-copies augments cached image embeddings: the U-Net baseline has none")
         if self.time_budget is not None and self.time_budget <= 0:

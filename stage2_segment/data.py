@@ -8,7 +8,10 @@ What crosses into the model (per sample):
   union row (M), per target (manifest order); absent for ``--text none``;
 - ``label``: int64 ``[S, S]`` class indices, 0 = background, t + 1 = the t-th target of the manifest (absent
   with ``with_labels=False``: new scans to predict);
-- ``index``: int64 scalar, the sample's position in ``SliceDataset.index`` (``case_of`` names its case).
+- ``index``: int64 scalar, the sample's position in ``SliceDataset.index`` (``case_of`` names its case);
+- ``context`` (with ``context=k`` > 0, for 2.5-D models): float32 ``[2k, C', 256, 64, 64]``, the image embeddings
+  of slices z-k..z-1 and z+1..z+k of the same case version, in that order; beyond the volume's first or last
+  slice the edge slice repeats.
 
 Slices where a target is absent are kept: they teach empty masks. With ``copies`` augmented copies per case
 (``stage2_segment.augment``), ``set_epoch`` picks for every sample which version it reads this epoch.
@@ -50,8 +53,10 @@ def forward_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor], device
     inputs = batch["inputs"].to(device)
     if isinstance(model, BoxPromptedSAM):
         return model(inputs, boxes_from_labels(batch["label"], model.num_targets))
-    text = batch.get("text")
-    return model(inputs, None if text is None else text.to(device))
+    text, context = batch.get("text"), batch.get("context")
+    if context is None:  # the U-Net and 2-D Zeus models take no context argument
+        return model(inputs, None if text is None else text.to(device))
+    return model(inputs, None if text is None else text.to(device), context.to(device))
 
 
 class SliceDataset(Dataset):
@@ -65,13 +70,14 @@ class SliceDataset(Dataset):
         with_labels: bool = True,
         copies: int = 0,
         seed: int = 0,
+        context: int = 0,
     ):
         if not case_ids:
             raise ZeusError("no cases to train or evaluate on: check the splits")
-        if copies and features is None:
-            raise ZeusError("augmented copies are cached image embeddings: the U-Net baseline has none")
+        if (copies or context) and features is None:
+            raise ZeusError("augmented copies and slice context are cached image embeddings: the U-Net has none")
         self.cases, self.features, self.instructions, self.with_labels = cases, features, instructions, with_labels
-        self.copies, self.seed, self.epoch = copies, seed, 0
+        self.copies, self.seed, self.epoch, self.context = copies, seed, 0, context
         self.lut = torch.from_numpy(class_lookup(cases.dataset.manifest))
         self.index = [(c, z) for c in case_ids for z in range(cases.meta(c).grid.array_shape[0])]
 
@@ -88,6 +94,12 @@ class SliceDataset(Dataset):
     def case_of(self, i: int) -> str:
         return self.index[i][0]
 
+    def neighbours(self, z: int, depth: int) -> list[int]:
+        """The context slices of slice ``z`` in a volume of ``depth`` slices (``context`` on either side, the
+        edge slice repeated beyond the volume)."""
+        k = self.context
+        return [min(max(z + d, 0), depth - 1) for d in (*range(-k, 0), *range(1, k + 1))]
+
     @lru_cache(maxsize=8)  # noqa: B019 - a few whole cases; the dataset lives as long as its loader
     def _label(self, case_id: str, copy: int = 0) -> torch.Tensor:
         values = self.cases.label(case_id) if copy == 0 else self.features.load_label(case_id, copy)
@@ -101,10 +113,14 @@ class SliceDataset(Dataset):
         case_id, z = self.index[i]
         copy = self.variant(i)
         if self.features is not None:
-            inputs = np.asarray(self.features.load(case_id, copy)[z], dtype=np.float32)
+            volume = self.features.load(case_id, copy)
+            inputs = np.asarray(volume[z], dtype=np.float32)
         else:
             inputs = self._image(case_id)[:, z]
         sample = {"inputs": torch.from_numpy(np.ascontiguousarray(inputs)), "index": torch.tensor(i)}
+        if self.context:
+            rows = self.neighbours(z, len(volume))
+            sample["context"] = torch.from_numpy(np.asarray(volume[rows], dtype=np.float32))
         if self.with_labels:
             sample["label"] = self._label(case_id, copy)[z]
         if self.instructions is not None:
@@ -129,6 +145,13 @@ class DeviceSlices:
         ).to(device)
         if self.inputs.shape[1] != len(dataset):
             raise ZeusError(f"{self.inputs.shape[1]} cached slices for {len(dataset)} samples: rerun `zeus train`")
+        # [N, 2k]: the rows of each sample's context slices (the samples of a case are consecutive rows)
+        self.context = None
+        if dataset.context:
+            depth = {c: dataset.cases.meta(c).grid.array_shape[0] for c in case_ids}
+            first = dict(zip(case_ids, np.cumsum([0, *depth.values()])[:-1].tolist(), strict=True))
+            rows = [[first[c] + n for n in dataset.neighbours(z, depth[c])] for c, z in dataset.index]
+            self.context = torch.tensor(rows, dtype=torch.long, device=device)
         self.label = (
             torch.stack([torch.cat([dataset._label(c, k).to(torch.uint8) for c in case_ids]) for k in copies]).to(
                 device
@@ -156,6 +179,8 @@ class DeviceSlices:
         copies = torch.tensor([self.dataset.variant(int(i)) for i in indices]).to(self.inputs.device)
         indices = indices.to(self.inputs.device)
         batch = {"inputs": self.inputs[copies, indices].float(), "index": indices}
+        if self.context is not None:
+            batch["context"] = self.inputs[copies[:, None], self.context[indices]].float()
         if self.label is not None:
             batch["label"] = self.label[copies, indices].long()
         if self.text is not None:

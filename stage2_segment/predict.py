@@ -105,7 +105,14 @@ class Predictor:
         """Softmax probabilities, float32 ``[T + 1, Z, S, S]``, of one prepared case."""
         if features is not None:
             features.ensure([case_id], progress=False)
-        slices = SliceDataset([case_id], cases, features, instructions, with_labels=self.needs_ground_truth)
+        slices = SliceDataset(
+            [case_id],
+            cases,
+            features,
+            instructions,
+            with_labels=self.needs_ground_truth,
+            context=self.config.slice_context,
+        )
         autocast = mixed_precision(self.device, self.config.precision)
         out = []
         for batch in DataLoader(slices, batch_size=batch_size, shuffle=False):

@@ -172,10 +172,18 @@ class Trainer:
         self.autocast = mixed_precision(self.device, config.precision)
         self.features = data.features
         self.train_set = SliceDataset(
-            data.train_ids, data.cases, data.features, data.instructions, copies=config.augment_copies, seed=config.seed
+            data.train_ids,
+            data.cases,
+            data.features,
+            data.instructions,
+            copies=config.augment_copies,
+            seed=config.seed,
+            context=config.slice_context,
         )
         self.val_set = (
-            SliceDataset(data.val_ids, data.cases, data.features, data.instructions) if data.val_ids else None
+            SliceDataset(data.val_ids, data.cases, data.features, data.instructions, context=config.slice_context)
+            if data.val_ids
+            else None
         )
         on_device = config.keeps_data_on_device(self.device.type)
         self.device_data = DeviceSlices(self.train_set, self.device) if on_device else None
@@ -214,6 +222,7 @@ class Trainer:
             use_text=table is not None,
             num_tokens=self.config.num_tokens,
             decoder=self.config.decoder,
+            slice_context=self.config.slice_context,
         )
         return build_model(self.config, manifest, segmenter)
 
@@ -353,10 +362,9 @@ class Trainer:
         return float(np.mean(losses))
 
     def _step(self, batch: dict[str, torch.Tensor]) -> float:
-        batch = {k: v.to(self.device) for k, v in batch.items()}
         with self.autocast:
-            logits = self.ddp_model(batch["inputs"], batch.get("text"))
-        loss = union_loss(logits, batch["label"])
+            logits = forward_batch(self.ddp_model, batch, self.device)
+        loss = union_loss(logits, batch["label"].to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

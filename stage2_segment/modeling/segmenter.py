@@ -14,6 +14,9 @@ Fusion of M modalities:
 
 Text ``none`` (a baseline): learned per-target tokens instead of projected instructions.
 
+Slice context ``k`` > 0 (2.5-D): each embedding first takes in, through ``SliceContext``, the embeddings of the k
+slices on either side (the same modality's); the decoder then runs as without it.
+
 Decoder ``per-target`` runs the two-way transformer once per target (SAM's one-prompt-set-per-pass design);
 ``joint`` runs it once per image with every target's tokens (``BatchedMaskDecoder.predict_joint_masks``):
 T times fewer decoder passes.
@@ -30,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from stage2_segment.config import DECODERS, FUSIONS
 from stage2_segment.modeling.decoder import build_mask_decoder, build_prompt_encoder
-from stage2_segment.modeling.fusion import EmbeddingFusion, LogitFusion
+from stage2_segment.modeling.fusion import EmbeddingFusion, LogitFusion, SliceContext
 from stage2_segment.modeling.text_prompt import TextPromptProjector
 
 
@@ -48,12 +51,16 @@ class SegmenterConfig:
     checkpoint_modalities: bool = True
     # Runs saved before the option existed decoded per target: that is what a stored config without it means.
     decoder: str = "per-target"
+    # neighbouring slices on either side whose embeddings each slice's embedding takes in (0: the slice alone)
+    slice_context: int = 0
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.slice_context < 0:
+            raise ValueError(f"slice_context must be 0 or more, got {self.slice_context}")
 
 
 class ZeusSegmenter(nn.Module):
@@ -78,12 +85,19 @@ class ZeusSegmenter(nn.Module):
             self.embedding_fusion = EmbeddingFusion(config.num_modalities)
         if config.fusion == "late":
             self.logit_fusion = LogitFusion(config.num_modalities)
+        if config.slice_context:
+            self.slice_context = SliceContext(2 * config.slice_context)
 
-    def forward(self, image_embeddings: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
-        """image_embeddings: BxC'x256x64x64 (C' = 1 for early, M otherwise); text: Bx(M+1)xTxD or None.
+    def forward(
+        self, image_embeddings: torch.Tensor, text: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """image_embeddings: BxC'x256x64x64 (C' = 1 for early, M otherwise); text: Bx(M+1)xTxD or None;
+        context (with ``slice_context`` k): the neighbouring slices' embeddings, Bx2kxC'x256x64x64.
         Returns logits Bx(T+1)x256x256, channel 0 the background."""
         cfg = self.config
         b = image_embeddings.shape[0]
+        if cfg.slice_context:
+            image_embeddings = self._with_context(image_embeddings, context)
         if cfg.fusion == "late":
             decode = self._decode
             if cfg.checkpoint_modalities and self.training and torch.is_grad_enabled():
@@ -98,6 +112,15 @@ class ZeusSegmenter(nn.Module):
             logits = self._decode(image_embeddings[:, 0], self._tokens(text, cfg.num_modalities, b))
         background = self.background_logit.expand(b, 1, *logits.shape[2:])
         return torch.cat([background, logits], dim=1)
+
+    def _with_context(self, embeddings: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        expected = (embeddings.shape[0], 2 * self.config.slice_context, *embeddings.shape[1:])
+        if context is None or tuple(context.shape) != expected:
+            found = None if context is None else tuple(context.shape)
+            raise ValueError(f"this model reads neighbouring slices: pass context of shape {expected}, got {found}")
+        return torch.stack(
+            [self.slice_context(embeddings[:, c], context[:, :, c]) for c in range(embeddings.shape[1])], dim=1
+        )
 
     def _tokens(self, text: torch.Tensor | None, row: int, batch: int) -> torch.Tensor:
         """BxTxKx256 prompt tokens for instruction row ``row`` (a modality, or M for the union)."""

@@ -164,3 +164,25 @@ def test_early_fusion_embedding_depends_on_which_modality_is_which():
     assert (early(slices) - early(swapped)).abs().max() > 1e-2
     grey = torch.rand(1, 1, 256, 256)
     torch.testing.assert_close(early(grey.expand(-1, 3, -1, -1)), plain(grey), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fusion", ["early", "late"])
+def test_slice_context_starts_as_the_slice_alone_and_then_reads_the_neighbours(fusion):
+    from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
+
+    torch.manual_seed(0)
+    config = SegmenterConfig(fusion=fusion, num_modalities=2, num_targets=2, decoder="joint")
+    alone = ZeusSegmenter(config).eval()
+    with_context = ZeusSegmenter(SegmenterConfig(**{**config.__dict__, "slice_context": 1})).eval()
+    missing = with_context.load_state_dict(alone.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["slice_context.mix.bias", "slice_context.mix.weight"]  # all else is shared
+    channels = 1 if fusion == "early" else 2
+    images, text = torch.randn(1, channels, 256, 64, 64), torch.randn(1, 3, 2, 384)
+    context = torch.randn(1, 2, channels, 256, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(with_context(images, text, context), alone(images, text))  # zero-initialised
+        torch.nn.init.normal_(with_context.slice_context.mix.weight, std=0.01)
+        swapped = with_context(images, text, context.flip(1))  # the slice above and the one below exchanged
+        assert (with_context(images, text, context) - swapped).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="neighbouring slices"):
+        with_context(images, text)

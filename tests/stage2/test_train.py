@@ -41,6 +41,21 @@ def test_samples_carry_embeddings_instructions_and_class_labels(stage2_dataset):
     assert torch.equal(sample["label"], torch.from_numpy(raw.astype(np.int64)))
 
 
+def test_context_samples_are_the_neighbouring_slices_of_the_same_version(stage2_dataset):
+    cases = CaseCache(stage2_dataset, 256)
+    features = FeatureCache(cases, FrozenImageEncoder())
+    table = InstructionTable(stage2_dataset.manifest, TAG)
+    data = SliceDataset(["demo_001"], cases, features, table, context=1)
+    volume = np.asarray(features.load("demo_001"), np.float32)  # 3 slices
+    assert [data.neighbours(z, 3) for z in range(3)] == [[0, 1], [0, 2], [1, 2]]  # the edge slice repeats
+    for z, rows in enumerate(([0, 1], [0, 2], [1, 2])):
+        sample = data[z]
+        assert sample["context"].shape == (2, 3, 256, 64, 64)
+        assert torch.equal(sample["context"], torch.from_numpy(volume[rows]))
+        assert torch.equal(sample["inputs"], torch.from_numpy(volume[z]))
+    assert "context" not in SliceDataset(["demo_001"], cases, features, table)[0]
+
+
 @pytest.mark.parametrize("decoder", ["per-target", "joint"])
 @pytest.mark.parametrize("fusion", ["early", "hybrid", "late"])
 def test_each_fusion_gives_union_logits_and_single_modality_works(fusion, decoder):
@@ -151,7 +166,8 @@ def test_resume_with_other_settings_is_refused_by_name(stage2_dataset, change, m
         other.resume()
 
 
-def test_device_resident_batches_train_exactly_as_the_loader(stage2_dataset):
+@pytest.mark.parametrize("slice_context", [0, 1])
+def test_device_resident_batches_train_exactly_as_the_loader(stage2_dataset, slice_context):
     """The path for GPUs (the training set held on the device, batches indexed there), run on the CPU."""
     steps = {
         "batch_size": 2,
@@ -160,13 +176,16 @@ def test_device_resident_batches_train_exactly_as_the_loader(stage2_dataset):
         "fusion": "late",
         "decoder": "joint",
         "augment_copies": 1,
+        "slice_context": slice_context,
     }
     loader = _trainer(stage2_dataset, run_name="loader", data_on_device=False, **steps)
     resident = _trainer(stage2_dataset, run_name="resident", data_on_device=True, **steps)
     assert loader.device_data is None and resident.device_data is not None
     first = next(iter(loader._batches()))
     same = next(iter(resident._batches()))
-    for key in ("inputs", "text", "label", "index"):
+    keys = ("inputs", "text", "label", "index", "context") if slice_context else ("inputs", "text", "label", "index")
+    assert set(first) == set(same) == set(keys)
+    for key in keys:
         assert torch.equal(first[key], same[key]), key
     for trainer in (loader, resident):
         trainer.fit()
