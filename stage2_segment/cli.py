@@ -172,5 +172,23 @@ def postprocess(
         )
 
 
+def ensemble(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders of one dataset and fold (2 or more).")],
+    name: Annotated[str, typer.Option(help="The ensemble's run folder name (beside the members).")],
+    root: Annotated[Path | None, typer.Option("--root", help="Where the runs' dataset is now.")] = None,
+) -> None:
+    """Ensemble trained runs (nnU-Net style): their softmax probabilities averaged, post-processing decided for
+    the ensemble on the validation cases they share, then evaluated on the test cases. The ensemble is a run
+    folder: `zeus predict --run` and `zeus report` take it like any run."""
+    from stage2_segment.ensemble import create_ensemble
+    from stage2_segment.evaluate import evaluate_run, format_summary
+    from stage2_segment.postprocess import decide_for_run
+
+    folder = create_ensemble(runs, name)
+    decide_for_run(folder.path, root=root)
+    typer.echo(format_summary(evaluate_run(folder.path, root=root)))
+    typer.echo(f"ensemble of {len(runs)} runs -> {folder.path}")
+
+
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"

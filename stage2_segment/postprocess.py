@@ -108,7 +108,7 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
-def decide_for_run(run_dir: Path, *, progress: bool = True) -> Postprocessing | None:
+def decide_for_run(run_dir: Path, *, root: Path | None = None, progress: bool = True) -> Postprocessing | None:
     """Predict the run's validation cases with its best checkpoint, decide, write ``postprocessing.json``.
     Returns None (and writes nothing) for a run without validation cases."""
     from tqdm import tqdm
@@ -116,7 +116,7 @@ def decide_for_run(run_dir: Path, *, progress: bool = True) -> Postprocessing | 
     from stage2_segment.predict import Predictor
 
     run = RunFolder(run_dir)
-    predictor = Predictor.from_run(run_dir)
+    predictor = Predictor.from_run(run_dir, root=root)
     val_ids = run.read_info().val_cases
     if not val_ids:
         log.info("%s has no validation cases: no post-processing decided", run_dir)

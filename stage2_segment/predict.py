@@ -28,6 +28,7 @@ from shared.workspace import slug
 from stage2_segment import postprocess
 from stage2_segment.config import BOX_REFERENCE, TrainConfig
 from stage2_segment.data import SliceDataset, forward_batch
+from stage2_segment.ensemble import check_members, mean_probabilities, member_folders
 from stage2_segment.features import FeatureCache, feature_cache
 from stage2_segment.instructions import InstructionTable, instruction_table
 from stage2_segment.modeling.build import build_model
@@ -64,7 +65,10 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_dir: Path, *, root: Path | None = None, checkpoint: str = BEST) -> Predictor:
+        """The run's predictor; for an ensemble, an ``EnsemblePredictor`` of its members."""
         run = RunFolder(run_dir)
+        if run.is_run() and run.read_info().ensemble:
+            return EnsemblePredictor.from_ensemble(run, root=root, checkpoint=checkpoint)
         weights = run.checkpoint(checkpoint)
         if not (run.is_run() and weights.is_file()):
             raise ZeusError(
@@ -173,3 +177,32 @@ class Predictor:
                 write_image(path, image)
                 written.append(path)
         return written
+
+
+class EnsemblePredictor(Predictor):
+    """Several runs as one (``stage2_segment.ensemble``): the mean of the members' softmax probabilities, then
+    the ensemble's own post-processing. The members share the image-embedding cache and instruction store,
+    so ``features`` and ``instructions`` (the first member's) serve them all."""
+
+    def __init__(self, run: RunFolder, members: list[Predictor]):
+        self.members = members
+        first = members[0]
+        super().__init__(run, first.dataset, run.read_info().train, first.model, first.device)
+
+    @classmethod
+    def from_ensemble(cls, run: RunFolder, *, root: Path | None = None, checkpoint: str = BEST) -> EnsemblePredictor:
+        folders = member_folders(run, run.read_info())
+        check_members(folders)
+        return cls(run, [Predictor.from_run(f.path, root=root, checkpoint=checkpoint) for f in folders])
+
+    def predict_case(
+        self,
+        case_id: str,
+        cases: CaseCache,
+        features: FeatureCache | None,
+        instructions: InstructionTable | None,
+        batch_size: int = 4,
+    ) -> np.ndarray:
+        return mean_probabilities(
+            [m.predict_case(case_id, cases, features, instructions, batch_size) for m in self.members]
+        )

@@ -3,9 +3,11 @@
 ``$ZEUS_HOME/runs/<dataset>/<run>/``:
 
 - ``config.json``: ``RunInfo``: the dataset (name, root, manifest), the resolved ``TrainConfig``, the
-  segmenter's configuration, parameter counts, the encoder, the train/val cases, git revision, packages;
+  segmenter's configuration, parameter counts, the encoder, the train/val cases, git revision, packages (an
+  ensemble's names its members and has no checkpoints or log: ``stage2_segment.ensemble``);
 - ``checkpoints/last.pt`` (every epoch) and ``checkpoints/best.pt`` (best validation Dice): full state;
 - ``log.csv`` (one row per epoch) and ``tensorboard/``;
+- ``postprocessing.json``: the post-processing decided on the validation cases (``Postprocessing``);
 - ``evaluation/<split>/``: an ``EvaluationFolder``: ``predictions/<case>.nii.gz``, ``model_slices/<case>.npz``,
   ``cases.csv``, ``slices.csv`` and ``summary.json`` (an ``EvaluationSummary``).
 
@@ -124,6 +126,8 @@ class RunInfo:
     val_cases: list[str]
     git_revision: str
     packages: dict[str, str]
+    # an ensemble (stage2_segment.ensemble): its members' run folder names; empty for a trained run
+    ensemble: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -148,6 +152,7 @@ class RunInfo:
             val_cases=list(data.get("val_cases", [])),
             git_revision=data.get("git_revision") or "unknown",
             packages=dict(data.get("packages", {})),
+            ensemble=[str(name) for name in data.get("ensemble", [])],
         )
 
     def open_dataset(self, root: Path | None = None) -> Dataset:

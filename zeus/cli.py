@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 from shared.errors import DataError, ZeusError
 from shared.preprocess import DEFAULT_IMAGE_SIZE
 from stage1_instruct.cli import app as instructions_app
+from stage2_segment.cli import ensemble as ensemble_command
 from stage2_segment.cli import evaluate as evaluate_command
 from stage2_segment.cli import postprocess as postprocess_command
 from stage2_segment.cli import train as train_command
@@ -66,6 +67,7 @@ app.add_typer(instructions_app, name="instructions")
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.command("postprocess")(postprocess_command)
+app.command("ensemble")(ensemble_command)
 
 DatasetArg = Annotated[
     str,

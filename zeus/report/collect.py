@@ -49,7 +49,8 @@ class RunRecord:
         if self.model == BOX_REFERENCE:
             return "LiteMedSAM + ground-truth boxes"
         decoder = " (joint decoder)" if self.train.decoder == "joint" else ""
-        return f"Zeus {self.train.fusion} / {self.train.text}{decoder}"
+        ensemble = f", ensemble of {len(self.info.ensemble)}" if self.info.ensemble else ""
+        return f"Zeus {self.train.fusion} / {self.train.text}{decoder}{ensemble}"
 
     @property
     def role(self) -> str:
@@ -61,6 +62,8 @@ class RunRecord:
                 "— uses the ground truth at test time"
             )
         text, fusion = self.train.text, self.train.fusion
+        if self.info.ensemble:
+            return f"ensemble: mean probabilities of {', '.join(self.info.ensemble)}"
         if text == "none":
             return "ablation: no instructions (learned class tokens)"
         if text == "template":

