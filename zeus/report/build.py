@@ -282,7 +282,7 @@ def _costs(dataset: str, runs: list[RunRecord]) -> str:
             [
                 r.label,
                 str(epochs),
-                f"{r.train_seconds:.0f} s",
+                f"{r.train_seconds:.0f} s" if epochs else "",  # an ensemble trains nothing itself
                 f"{r.train_seconds / epochs:.0f} s" if epochs else "",
                 "" if per_case is None else f"{per_case:.1f} s",
             ]
