@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from shared.cases import CaseCache
@@ -60,6 +61,18 @@ def test_an_ensemble_averages_its_members_and_is_evaluated_like_a_run(stage2_dat
     mean = predictor.predict_case(case_id, cases, features, instructions)
     np.testing.assert_allclose(mean, (each[0] + each[1]) / 2, rtol=1e-6, atol=1e-6)  # ... averaged
     np.testing.assert_allclose(mean.sum(axis=0), 1.0, atol=1e-5)
+
+    # a new scan (the test case's image under another name) gets the label map the evaluation wrote
+    scan = ensemble.path.parent / "scan.nii.gz"
+    shutil.copy(stage2_dataset.root / "imagesTr" / f"{case_id}.nii.gz", scan)
+    args = ["predict", "--run", str(ensemble.path), "--input", str(scan), "--output", str(ensemble.path / "new")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(ensemble.path / "new" / "scan.nii.gz")))
+    evaluated = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(ensemble.evaluation("test").predictions / f"{case_id}.nii.gz"))
+    )
+    np.testing.assert_array_equal(predicted, evaluated)
 
     records, damaged = collect_runs(stage2_dataset.name)
     (record,) = [r for r in records if r.name == "both"]
