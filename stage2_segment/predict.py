@@ -34,7 +34,15 @@ from stage2_segment.instructions import InstructionTable, instruction_table
 from stage2_segment.modeling.build import build_model
 from stage2_segment.modeling.segmenter import SegmenterConfig
 from stage2_segment.refine import BoxRefiner
-from stage2_segment.runs import BEST, Postprocessing, RunFolder, load_checkpoint, mixed_precision, pick_device
+from stage2_segment.runs import (
+    BEST,
+    Postprocessing,
+    RunFolder,
+    RunInfo,
+    load_checkpoint,
+    mixed_precision,
+    pick_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +75,18 @@ class Predictor:
     def from_run(cls, run_dir: Path, *, root: Path | None = None, checkpoint: str = BEST) -> Predictor:
         """The run's predictor; for an ensemble, an ``EnsemblePredictor`` of its members."""
         run = RunFolder(run_dir)
-        if run.is_run() and run.read_info().ensemble:
-            return EnsemblePredictor.from_ensemble(run, root=root, checkpoint=checkpoint)
+        info = run.read_info() if run.is_run() else None
+        if info is not None and info.ensemble:
+            return EnsemblePredictor.from_ensemble(run, info, root=root, checkpoint=checkpoint)
         weights = run.checkpoint(checkpoint)
-        if not (run.is_run() and weights.is_file()):
+        if info is None or not weights.is_file():
             raise ZeusError(
                 f"{run_dir} is not a finished run: expected {run.config_json.name} and {weights.relative_to(run_dir)}"
             )
         device = pick_device()
         state = load_checkpoint(weights, device)
         config = TrainConfig.from_json(state["config"])
-        dataset = run.read_info().open_dataset(root)
+        dataset = info.open_dataset(root)
         manifest = dataset.manifest
         # The checkpoint holds every weight (positional encodings included): no pretrained load before it.
         segmenter = SegmenterConfig(**state["segmenter"]) if state["segmenter"] else None
@@ -184,16 +193,19 @@ class EnsemblePredictor(Predictor):
     the ensemble's own post-processing. The members share the image-embedding cache and instruction store,
     so ``features`` and ``instructions`` (the first member's) serve them all."""
 
-    def __init__(self, run: RunFolder, members: list[Predictor]):
+    def __init__(self, run: RunFolder, config: TrainConfig, members: list[Predictor]):
         self.members = members
         first = members[0]
-        super().__init__(run, first.dataset, run.read_info().train, first.model, first.device)
+        super().__init__(run, first.dataset, config, first.model, first.device)
 
     @classmethod
-    def from_ensemble(cls, run: RunFolder, *, root: Path | None = None, checkpoint: str = BEST) -> EnsemblePredictor:
-        folders = member_folders(run, run.read_info())
+    def from_ensemble(
+        cls, run: RunFolder, info: RunInfo, *, root: Path | None = None, checkpoint: str = BEST
+    ) -> EnsemblePredictor:
+        """``info``: the ensemble's ``config.json``."""
+        folders = member_folders(run, info)
         check_members(folders)
-        return cls(run, [Predictor.from_run(f.path, root=root, checkpoint=checkpoint) for f in folders])
+        return cls(run, info.train, [Predictor.from_run(f.path, root=root, checkpoint=checkpoint) for f in folders])
 
     def predict_case(
         self,
