@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -51,8 +53,27 @@ def test_a_changed_source_file_is_rebuilt(dataset):
     cache = CaseCache(dataset, image_size=64)
     cache.prepare(progress=False)
     image_file = dataset.root / "imagesTr" / "demo_002.nii.gz"
-    os.utime(image_file, ns=(image_file.stat().st_atime_ns, image_file.stat().st_mtime_ns + 10**9))
+    image = nib.load(image_file)
+    voxels = np.asanyarray(image.dataobj).copy()
+    voxels.flat[0] += 1
+    nib.save(nib.Nifti1Image(voxels, image.affine, image.header), image_file)
     assert cache.prepare(progress=False).built == ["demo_002"]
+
+
+def test_a_copied_or_touched_dataset_keeps_its_cache(dataset, tmp_path):
+    """The signature is the files' names and contents: a fresh copy of the data (new paths, new mtimes) or a
+    touched file is the same data and must not re-encode anything."""
+    cache = CaseCache(dataset, image_size=64)
+    cache.prepare(progress=False)
+    before = _mtimes(cache)
+    image_file = dataset.root / "imagesTr" / "demo_002.nii.gz"
+    os.utime(image_file, ns=(image_file.stat().st_atime_ns, image_file.stat().st_mtime_ns + 10**9))
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset.root, copy)
+    for moved in (dataset, resolve_dataset(str(copy))):
+        again = CaseCache(moved, image_size=64).prepare(progress=False)
+        assert again.built == [] and again.skipped == ["demo_001", "demo_002"]
+    assert _mtimes(cache) == before
 
 
 def test_images_prepare_without_opening_labels(dataset):
