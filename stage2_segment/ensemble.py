@@ -39,12 +39,6 @@ _SHARED = {
 }
 
 
-def member_folders(run: RunFolder, info: RunInfo) -> list[RunFolder]:
-    """The member run folders an ensemble's ``config.json`` names (beside the ensemble; names checked, so a
-    damaged or hostile record cannot point outside the runs folder)."""
-    return [RunFolder(run.path.parent / check_name(name, "ensemble member", run.config_json)) for name in info.ensemble]
-
-
 def check_members(members: list[RunFolder]) -> list[RunInfo]:
     """Every member's ``RunInfo``, after checking that each is a finished Zeus run and that they agree on what
     ``_SHARED`` names; a ``ZeusError`` naming the member and the setting otherwise."""

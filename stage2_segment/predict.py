@@ -28,7 +28,7 @@ from shared.workspace import slug
 from stage2_segment import postprocess
 from stage2_segment.config import BOX_REFERENCE, TrainConfig
 from stage2_segment.data import SliceDataset, forward_batch
-from stage2_segment.ensemble import check_members, mean_probabilities, member_folders
+from stage2_segment.ensemble import check_members, mean_probabilities
 from stage2_segment.features import FeatureCache, feature_cache
 from stage2_segment.instructions import InstructionTable, instruction_table
 from stage2_segment.modeling.build import build_model
@@ -203,7 +203,7 @@ class EnsemblePredictor(Predictor):
         cls, run: RunFolder, info: RunInfo, *, root: Path | None = None, checkpoint: str = BEST
     ) -> EnsemblePredictor:
         """``info``: the ensemble's ``config.json``."""
-        folders = member_folders(run, info)
+        folders = run.members(info)
         check_members(folders)
         return cls(run, info.train, [Predictor.from_run(f.path, root=root, checkpoint=checkpoint) for f in folders])
 

@@ -31,6 +31,7 @@ import torch
 from shared.atomic import atomic_path, write_json
 from shared.errors import ZeusError
 from shared.manifest import Dataset, Manifest, manifest_from_json, resolve_dataset
+from shared.paths import check_name
 from shared.workspace import runs_dir
 from stage2_segment.config import TrainConfig
 
@@ -391,10 +392,40 @@ class RunFolder:
             return None
         return _parse(self.postprocessing_json, lambda text: Postprocessing.from_json(json.loads(text)))
 
+    def members(self, info: RunInfo | None = None) -> list[RunFolder]:
+        """An ensemble's member run folders, beside it (names checked, so a damaged or hostile record cannot
+        point outside the runs folder); empty for a trained run."""
+        info = info or self.read_info()
+        return [
+            RunFolder(self.path.parent / check_name(name, "ensemble member", self.config_json))
+            for name in info.ensemble
+        ]
+
+    def model_checkpoints(self) -> list[Path]:
+        """The checkpoints its predictions come from: its best checkpoint, or its members' for an ensemble;
+        empty for an unfinished run."""
+        best = self.checkpoint(BEST)
+        if best.is_file():
+            return [best]
+        try:
+            members = [m.checkpoint(BEST) for m in self.members()] if self.is_run() else []
+        except ZeusError:  # a damaged config.json: nothing to evaluate; the report lists the run as damaged
+            return []
+        return members if members and all(m.is_file() for m in members) else []
+
+    def _older_than_model(self, path: Path) -> bool:
+        checkpoints = self.model_checkpoints()
+        newest = max((p.stat().st_mtime for p in checkpoints), default=None)
+        return newest is not None and (not path.is_file() or path.stat().st_mtime < newest)
+
     def needs_evaluation(self, split: str = EVALUATED_SPLIT) -> bool:
-        """A finished run whose evaluation is missing or older than its best checkpoint."""
-        best, summary = self.checkpoint(BEST), self.evaluation(split).summary_json
-        return best.is_file() and (not summary.is_file() or summary.stat().st_mtime < best.stat().st_mtime)
+        """A finished run (or ensemble) whose evaluation is missing or older than its best checkpoint (for an
+        ensemble: than any member's, so retraining a member makes it stale)."""
+        return self._older_than_model(self.evaluation(split).summary_json)
+
+    def needs_decision(self) -> bool:
+        """A finished run whose post-processing decision is missing or older than its model."""
+        return self._older_than_model(self.postprocessing_json)
 
 
 def _log_rows(text: str) -> list[dict[str, float | None]]:
@@ -424,5 +455,5 @@ def datasets_with_runs() -> list[str]:
 
 
 def pending_evaluations(dataset: str, split: str = EVALUATED_SPLIT) -> list[RunFolder]:
-    """Finished runs of a dataset whose evaluation is missing or older than their best checkpoint."""
+    """Finished runs (and ensembles) of a dataset whose evaluation is missing or older than their model."""
     return [run for run in list_runs(dataset) if run.needs_evaluation(split)]

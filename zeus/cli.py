@@ -284,12 +284,15 @@ def report(
     evaluate_first: Annotated[
         bool,
         typer.Option(
-            "--evaluate/--no-evaluate", help="First evaluate runs with no test evaluation, or one older than best.pt."
+            "--evaluate/--no-evaluate",
+            help="First evaluate runs with no test evaluation, or one older than best.pt (an ensemble: than a "
+            "member's best.pt; its post-processing is decided again too).",
         ),
     ] = False,
 ) -> None:
     """Results tables, ablations, costs, training curves, overlays and provenance: Markdown + one HTML file."""
     from stage2_segment.evaluate import evaluate_run
+    from stage2_segment.postprocess import decide_for_run
     from stage2_segment.runs import datasets_with_runs, pending_evaluations
     from zeus.report.browser import screenshot as take_screenshot
     from zeus.report.build import build_reports
@@ -299,6 +302,8 @@ def report(
         for run in [run for name in dataset or datasets_with_runs() for run in pending_evaluations(name)]:
             typer.echo(f"evaluating {run.path}")
             try:
+                if run.read_info().ensemble and run.needs_decision():  # a member was retrained since
+                    decide_for_run(run.path)
                 evaluate_run(run.path)
             except ZeusError as e:  # one bad run folder must not keep the others out of the report
                 typer.secho(f"error: not evaluated: {e}", fg="red", err=True)

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from shared.splits import load_splits
 from stage2_segment.config import TrainConfig
 from stage2_segment.ensemble import create_ensemble, mean_probabilities
 from stage2_segment.predict import EnsemblePredictor, Predictor
-from stage2_segment.runs import RunFolder
+from stage2_segment.runs import RunFolder, pending_evaluations
 from stage2_segment.train import Trainer, prepare_training_data
 from zeus.cli import app
 from zeus.report.collect import collect_runs
@@ -77,6 +79,17 @@ def test_an_ensemble_averages_its_members_and_is_evaluated_like_a_run(stage2_dat
     records, damaged = collect_runs(stage2_dataset.name)
     (record,) = [r for r in records if r.name == "both"]
     assert damaged == [] and "ensemble of 2" in record.label and "seed0, seed1" in record.role
+
+    # retraining a member makes the ensemble's evaluation and post-processing stale (both are dated before the
+    # member's new best.pt); `zeus report --evaluate` decides and evaluates the ensemble again
+    assert "both" not in [r.name for r in pending_evaluations(stage2_dataset.name)] and not ensemble.needs_decision()
+    an_hour_ago = time.time() - 3600
+    for made_before in (ensemble.evaluation("test").summary_json, ensemble.postprocessing_json):
+        os.utime(made_before, (an_hour_ago, an_hour_ago))
+    assert "both" in [r.name for r in pending_evaluations(stage2_dataset.name)] and ensemble.needs_decision()
+    result = CliRunner().invoke(app, ["report", stage2_dataset.name, "--evaluate", "--out", str(ensemble.path / "r")])
+    assert result.exit_code == 0, result.output
+    assert pending_evaluations(stage2_dataset.name) == [] and not ensemble.needs_decision()
 
     # the same members again: nothing to refuse; other members under the name: refused
     assert create_ensemble([m.path for m in members], "both").path == ensemble.path

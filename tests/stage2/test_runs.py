@@ -58,3 +58,11 @@ def test_precision_auto_is_bf16_where_the_hardware_has_it_and_either_can_be_aske
         assert linear(torch.ones(1, 4)).dtype == torch.bfloat16
     with mixed_precision(cpu, "fp32"):
         assert linear(torch.ones(1, 4)).dtype == torch.float32
+
+
+def test_an_unfinished_or_damaged_record_is_not_pending_evaluation(tmp_path):
+    unfinished = RunFolder(tmp_path / "unfinished")
+    unfinished.path.mkdir()
+    unfinished.config_json.write_text('{"dataset": "x", "ensem', encoding="utf-8")  # cut short, no checkpoint
+    assert unfinished.model_checkpoints() == [] and not unfinished.needs_evaluation()
+    assert not unfinished.needs_decision()
