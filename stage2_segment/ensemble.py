@@ -7,10 +7,14 @@ carries the first member's training configuration; it has no checkpoint of its o
 of an ensemble loads every member (``EnsemblePredictor``), so ``zeus evaluate``, ``zeus predict``,
 ``zeus postprocess`` and the report treat it as any run.
 
-Members must predict the same thing from the same inputs: the same dataset, fold and train/validation
-cases (so the ensemble's validation cases are unseen by every member), image size, image encoder (and early
-fusion or not: one image-embedding cache serves all) and stage-1 instruction store. They may differ in
-seed, decoder, fusion (hybrid or late), epochs, augmentation or slice context.
+Members must predict the same thing from the same inputs: the same dataset, image size, image encoder (and
+early fusion or not: one image-embedding cache serves all) and stage-1 instruction store. They may differ in
+seed, decoder, fusion (hybrid or late), epochs, augmentation, slice context, and fold. Members of different
+folds make a cross-validation ensemble, as nnU-Net predicts its test set with the models of all its folds:
+the ensemble's validation cases are the union of the members' (``RunInfo.val_cases``), and each case is
+predicted by the members that did not train on it (a validation case by the models of its own fold, a test
+case or a new scan by all), so the post-processing decided on validation still sees only unseen cases.
+No member may have trained on a test case of the dataset's current split.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 from shared.errors import ZeusError
 from shared.paths import check_name
 from shared.provenance import git_revision, package_versions
+from shared.splits import load_splits
 from stage2_segment.runs import BEST, RUN_PACKAGES, RunFolder, RunInfo
 
 log = logging.getLogger(__name__)
@@ -31,8 +36,6 @@ log = logging.getLogger(__name__)
 # What every member must share, and how to say it.
 _SHARED = {
     "dataset": lambda info: info.dataset,
-    "fold": lambda info: info.train.fold,
-    "train and validation cases": lambda info: (info.train_cases, info.val_cases),
     "--image-size": lambda info: info.train.image_size,
     "image encoder": lambda info: (info.train.encoder, info.train.encoder_checkpoint, info.train.fusion == "early"),
     "instruction store (--text, --instructions-tag)": lambda info: info.train.tag,
@@ -60,6 +63,13 @@ def check_members(members: list[RunFolder]) -> list[RunInfo]:
     parents = {m.path.resolve().parent for m in members}
     if len(parents) > 1:
         raise ZeusError(f"the members must be runs of one dataset, in one runs folder; found {sorted(parents)}")
+    test = set(load_splits(infos[0].dataset).test)
+    for member, info in zip(members, infos, strict=True):
+        if seen := sorted(test & set(info.train_cases + info.val_cases)):
+            raise ZeusError(
+                f"{member.name} trained or validated on test case(s) {seen} of the current split of "
+                f"{info.dataset!r} (was the split made again?): its test figures would not be held out"
+            )
     first = infos[0]
     for member, info in zip(members[1:], infos[1:], strict=True):
         for setting, value in _SHARED.items():
@@ -84,6 +94,8 @@ def create_ensemble(members: list[Path], name: str) -> RunFolder:
     info = replace(
         first,
         train=replace(first.train, run_name=name),
+        train_cases=sorted({c for i in infos for c in i.train_cases}),
+        val_cases=sorted({c for i in infos for c in i.val_cases}),
         segmenter=None,
         parameters={k: sum(i.parameters.get(k, 0) for i in infos) for k in ("trainable", "frozen")},
         git_revision=git_revision(),

@@ -49,6 +49,7 @@ from stage2_segment.runs import (
     EvaluationSummary,
     MetricStats,
     RunFolder,
+    RunInfo,
 )
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ def evaluate_run(
     """Predict and score a run's test cases (``split="test"``) or its validation fold (``"val"``)."""
     predictor = Predictor.from_run(run_dir, root=root)
     dataset, config = predictor.dataset, predictor.config
-    case_ids = _split_cases(dataset.name, split, config.fold)
+    case_ids = _split_cases(RunFolder(run_dir).read_info(), split)
     cases = CaseCache(dataset, config.image_size)
     prepared = cases.prepare(case_ids, progress=False)
     if prepared.problems:
@@ -236,16 +237,16 @@ def evaluate_run(
     return write_evaluation(folder, case_rows, slice_rows, summarise(case_rows, slice_rows, targets, source))
 
 
-def _split_cases(dataset: str, split: str, fold: int) -> list[str]:
-    splits = load_splits(dataset)
+def _split_cases(info: RunInfo, split: str) -> list[str]:
+    """The dataset's test cases, or the run's validation cases (an ensemble of folds: all its folds')."""
     if split == "test":
-        ids = list(splits.test)
+        ids = list(load_splits(info.dataset).test)
     elif split == "val":
-        ids = list(splits.fold(fold)[1])
+        ids = list(info.val_cases) if info.ensemble else list(load_splits(info.dataset).fold(info.train.fold)[1])
     else:
         raise ZeusError(f"--split must be test or val, got {split!r}")
     if not ids:
-        raise ZeusError(f"the {split} split of {dataset!r} is empty: nothing to evaluate")
+        raise ZeusError(f"the {split} split of {info.dataset!r} is empty: nothing to evaluate")
     return ids
 
 

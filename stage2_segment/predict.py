@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,11 @@ class Predictor:
         # label values of the classes each post-processing step applies to (decided on validation: postprocess.py)
         self.largest_component = [dataset.manifest.targets[c] for c in decision.largest_component]
         self.box_refine = [dataset.manifest.targets[c] for c in decision.box_refine]
-        self._refiner = self.box_refiner() if self.box_refine else None
+
+    @cached_property
+    def _refiner(self) -> BoxRefiner | None:
+        """Loaded on first use: an ensemble applies its own decision, so its members never load theirs."""
+        return self.box_refiner() if self.box_refine else None
 
     @classmethod
     def from_run(cls, run_dir: Path, *, root: Path | None = None, checkpoint: str = BEST) -> Predictor:
@@ -193,8 +198,9 @@ class EnsemblePredictor(Predictor):
     the ensemble's own post-processing. The members share the image-embedding cache and instruction store,
     so ``features`` and ``instructions`` (the first member's) serve them all."""
 
-    def __init__(self, run: RunFolder, config: TrainConfig, members: list[Predictor]):
-        self.members = members
+    def __init__(self, run: RunFolder, config: TrainConfig, members: list[Predictor], trained_on: list[set[str]]):
+        """``trained_on``: each member's training cases."""
+        self.members, self.trained_on = members, trained_on
         first = members[0]
         super().__init__(run, first.dataset, config, first.model, first.device)
 
@@ -204,8 +210,15 @@ class EnsemblePredictor(Predictor):
     ) -> EnsemblePredictor:
         """``info``: the ensemble's ``config.json``."""
         folders = run.members(info)
-        check_members(folders)
-        return cls(run, info.train, [Predictor.from_run(f.path, root=root, checkpoint=checkpoint) for f in folders])
+        infos = check_members(folders)
+        members = [Predictor.from_run(f.path, root=root, checkpoint=checkpoint) for f in folders]
+        return cls(run, info.train, members, [set(i.train_cases) for i in infos])
+
+    def members_for(self, case_id: str) -> list[Predictor]:
+        """The members that did not train on the case (all of them for a test case or a new scan; in an
+        ensemble of folds, a validation case's own fold), or all when every member trained on it."""
+        unseen = [m for m, cases in zip(self.members, self.trained_on, strict=True) if case_id not in cases]
+        return unseen or self.members
 
     def predict_case(
         self,
@@ -216,5 +229,5 @@ class EnsemblePredictor(Predictor):
         batch_size: int = 4,
     ) -> np.ndarray:
         return mean_probabilities(
-            [m.predict_case(case_id, cases, features, instructions, batch_size) for m in self.members]
+            [m.predict_case(case_id, cases, features, instructions, batch_size) for m in self.members_for(case_id)]
         )

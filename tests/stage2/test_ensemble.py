@@ -16,7 +16,7 @@ from shared.splits import load_splits
 from stage2_segment.config import TrainConfig
 from stage2_segment.ensemble import create_ensemble, mean_probabilities
 from stage2_segment.predict import EnsemblePredictor, Predictor
-from stage2_segment.runs import RunFolder, pending_evaluations
+from stage2_segment.runs import Postprocessing, RunFolder, pending_evaluations
 from stage2_segment.train import Trainer, prepare_training_data
 from zeus.cli import app
 from zeus.report.collect import collect_runs
@@ -53,6 +53,9 @@ def test_an_ensemble_averages_its_members_and_is_evaluated_like_a_run(stage2_dat
     summary = ensemble.evaluation("test").read_summary()
     assert summary is not None and summary.source.case_ids == list(load_splits(stage2_dataset.name).test)
 
+    assert not any(m.postprocessing_json.exists() for m in members)  # Trainer.fit alone decides nothing
+    for member in members:  # members whose own decision redraws every class ...
+        member.write_postprocessing(Postprocessing([], box_refine=list(stage2_dataset.manifest.targets)))
     predictor = Predictor.from_run(ensemble.path)
     assert isinstance(predictor, EnsemblePredictor) and len(predictor.members) == 2
     cases = CaseCache(stage2_dataset, 256)
@@ -63,6 +66,10 @@ def test_an_ensemble_averages_its_members_and_is_evaluated_like_a_run(stage2_dat
     mean = predictor.predict_case(case_id, cases, features, instructions)
     np.testing.assert_allclose(mean, (each[0] + each[1]) / 2, rtol=1e-6, atol=1e-6)  # ... averaged
     np.testing.assert_allclose(mean.sum(axis=0), 1.0, atol=1e-5)
+    predictor.label_map(mean, features.load(case_id))
+    assert all("_refiner" not in m.__dict__ for m in predictor.members)  # ... never load the box decoder
+    for member in members:
+        member.postprocessing_json.unlink()
 
     # a new scan (the test case's image under another name) gets the label map the evaluation wrote
     scan = ensemble.path.parent / "scan.nii.gz"
@@ -100,6 +107,43 @@ def test_an_ensemble_averages_its_members_and_is_evaluated_like_a_run(stage2_dat
     shutil.copytree(members[0].path, members[0].path.parent / "other")
     with pytest.raises(ZeusError, match="already a trained run"):
         create_ensemble([m.path for m in members], "other")
+
+
+def test_an_ensemble_of_folds_predicts_each_case_with_the_members_that_did_not_train_on_it(stage2_dataset):
+    members = [_trained(stage2_dataset, "f0", fold=0), _trained(stage2_dataset, "f1", fold=1)]
+    infos = [m.read_info() for m in members]
+    (val0,), (val1,) = infos[0].val_cases, infos[1].val_cases
+    assert val0 in infos[1].train_cases and val1 in infos[0].train_cases  # each fold trains on the other's case
+    ensemble = create_ensemble([m.path for m in members], "folds")
+    assert ensemble.read_info().val_cases == sorted([val0, val1])
+
+    predictor = Predictor.from_run(ensemble.path)
+    cases = CaseCache(stage2_dataset, 256)
+    features, instructions = predictor.features(cases), predictor.instructions(stage2_dataset)
+    each = [Predictor.from_run(m.path) for m in members]
+    for case_id, own_fold in ((val0, 0), (val1, 1)):  # a validation case: only the model of its own fold
+        np.testing.assert_array_equal(
+            predictor.predict_case(case_id, cases, features, instructions),
+            each[own_fold].predict_case(case_id, cases, features, instructions),
+        )
+    (test_id,) = load_splits(stage2_dataset.name).test  # a test case: every member
+    both = [m.predict_case(test_id, cases, features, instructions) for m in each]
+    np.testing.assert_allclose(
+        predictor.predict_case(test_id, cases, features, instructions), (both[0] + both[1]) / 2, rtol=1e-6, atol=1e-6
+    )
+    # post-processing is decided, and the validation split evaluated, on both folds' validation cases
+    result = CliRunner().invoke(app, ["postprocess", str(ensemble.path)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["evaluate", "--run", str(ensemble.path), "--split", "val"])
+    assert result.exit_code == 0, result.output
+    assert ensemble.evaluation("val").read_summary().source.case_ids == sorted([val0, val1])
+
+    # a member that trained on a case of today's test set (the split was made again) is refused
+    record = json.loads(members[1].config_json.read_text())
+    record["train_cases"].append(test_id)
+    members[1].config_json.write_text(json.dumps(record))
+    with pytest.raises(ZeusError, match=rf"f1 trained or validated on test case\(s\) \['{test_id}'\]"):
+        create_ensemble([m.path for m in members], "leaky")
 
 
 def test_members_must_share_data_encoder_and_instructions(stage2_dataset):
