@@ -204,7 +204,7 @@ def evaluate_run(
     """Predict and score a run's test cases (``split="test"``) or its validation fold (``"val"``)."""
     predictor = Predictor.from_run(run_dir, root=root)
     dataset, config = predictor.dataset, predictor.config
-    case_ids = _split_cases(RunFolder(run_dir).read_info(), split)
+    case_ids = _split_cases(predictor.info, split)
     cases = CaseCache(dataset, config.image_size)
     prepared = cases.prepare(case_ids, progress=False)
     if prepared.problems:

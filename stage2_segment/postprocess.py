@@ -117,7 +117,7 @@ def decide_for_run(run_dir: Path, *, root: Path | None = None, progress: bool = 
 
     run = RunFolder(run_dir)
     predictor = Predictor.from_run(run_dir, root=root)
-    val_ids = run.read_info().val_cases
+    val_ids = predictor.info.val_cases
     if not val_ids:
         log.info("%s has no validation cases: no post-processing decided", run_dir)
         return None

@@ -59,9 +59,17 @@ class Segmentation:
 
 class Predictor:
     def __init__(
-        self, run: RunFolder, dataset: Dataset, config: TrainConfig, model: torch.nn.Module, device: torch.device
+        self,
+        run: RunFolder,
+        info: RunInfo,
+        dataset: Dataset,
+        config: TrainConfig,
+        model: torch.nn.Module,
+        device: torch.device,
     ):
-        self.run, self.dataset, self.config, self.model, self.device = run, dataset, config, model, device
+        """``info``: the run's ``config.json``; ``config``: the training configuration its checkpoint holds."""
+        self.run, self.info, self.dataset, self.config = run, info, dataset, config
+        self.model, self.device = model, device
         self.label_values = np.asarray([0, *dataset.manifest.targets.values()], np.uint8)  # class index -> value
         decision = run.read_postprocessing() or Postprocessing(largest_component=[])
         unknown = sorted(decision.classes - set(dataset.manifest.targets))
@@ -98,7 +106,7 @@ class Predictor:
         model = build_model(config, manifest, segmenter, pretrained=False)
         model.load_state_dict(state["model"], strict=True)
         log.info("loaded %s (epoch %d, best validation Dice %.4f)", weights, state["epoch"], state["best_dice"])
-        return cls(run, dataset, config, model.to(device).eval(), device)
+        return cls(run, info, dataset, config, model.to(device).eval(), device)
 
     @property
     def needs_ground_truth(self) -> bool:
@@ -198,11 +206,10 @@ class EnsemblePredictor(Predictor):
     the ensemble's own post-processing. The members share the image-embedding cache and instruction store,
     so ``features`` and ``instructions`` (the first member's) serve them all."""
 
-    def __init__(self, run: RunFolder, config: TrainConfig, members: list[Predictor], trained_on: list[set[str]]):
-        """``trained_on``: each member's training cases."""
-        self.members, self.trained_on = members, trained_on
+    def __init__(self, run: RunFolder, info: RunInfo, members: list[Predictor]):
+        self.members = members
         first = members[0]
-        super().__init__(run, first.dataset, config, first.model, first.device)
+        super().__init__(run, info, first.dataset, info.train, first.model, first.device)
 
     @classmethod
     def from_ensemble(
@@ -210,14 +217,13 @@ class EnsemblePredictor(Predictor):
     ) -> EnsemblePredictor:
         """``info``: the ensemble's ``config.json``."""
         folders = run.members(info)
-        infos = check_members(folders)
-        members = [Predictor.from_run(f.path, root=root, checkpoint=checkpoint) for f in folders]
-        return cls(run, info.train, members, [set(i.train_cases) for i in infos])
+        check_members(folders)
+        return cls(run, info, [Predictor.from_run(f.path, root=root, checkpoint=checkpoint) for f in folders])
 
     def members_for(self, case_id: str) -> list[Predictor]:
         """The members that did not train on the case (all of them for a test case or a new scan; in an
         ensemble of folds, a validation case's own fold), or all when every member trained on it."""
-        unseen = [m for m, cases in zip(self.members, self.trained_on, strict=True) if case_id not in cases]
+        unseen = [m for m in self.members if case_id not in m.info.train_cases]
         return unseen or self.members
 
     def predict_case(
