@@ -173,12 +173,19 @@ def postprocess(
 
 
 def ensemble(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders of one dataset and fold (2 or more).")],
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run folders of one dataset (2 or more): seeds or settings of one fold, or the folds of a "
+            "cross-validation, whose validation cases each member predicts only for its own fold."
+        ),
+    ],
     name: Annotated[str, typer.Option(help="The ensemble's run folder name (beside the members).")],
     root: Annotated[Path | None, typer.Option("--root", help="Where the runs' dataset is now.")] = None,
 ) -> None:
     """Ensemble trained runs (nnU-Net style): their softmax probabilities averaged, post-processing decided for
-    the ensemble on the validation cases they share, then evaluated on the test cases. The ensemble is a run
+    the ensemble on the members' validation cases (each predicted by the members that did not train on it), then
+    evaluated on the test cases. The ensemble is a run
     folder: `zeus predict --run` and `zeus report` take it like any run."""
     from stage2_segment.ensemble import create_ensemble
     from stage2_segment.evaluate import evaluate_run, format_summary
