@@ -2,7 +2,8 @@
 
 For every case of the run's validation fold and test set, the best checkpoint predicts once; then 3-D Dice per
 class (on the model slices) of: the raw argmax, the largest 3-D component of every class, and box refinement
-of every class after it (``stage2_segment.refine``; one row per box margin), and what the run's own decision
+of every class after it (``stage2_segment.refine``; one row per box margin, with boxes around all of a class's
+pieces on a slice, and one with boxes around its largest piece), and what the run's own decision
 (``postprocessing.json``, made on validation only) applies. The test rows show what each step would have done
 there, for an ablation table. Also the seconds box refinement takes per case.
 
@@ -44,7 +45,7 @@ def main() -> None:
         for m in args.margins.split(",")
     }
     splits = load_splits(dataset.name)
-    _, val_ids = splits.fold(config.fold)
+    val_ids = predictor.info.val_cases  # an ensemble of folds: every fold's validation cases
     dice: dict[tuple[str, str], list[list[float]]] = {}
     seconds = []
     for split, case_ids in (("val", list(val_ids)), ("test", list(splits.test))):
@@ -59,6 +60,7 @@ def main() -> None:
                 start = time.perf_counter()
                 versions[f"+ box refinement ({margin} px)"] = refiner(kept, embeddings, targets.values())
                 seconds.append(time.perf_counter() - start)
+                versions[f"+ largest-piece boxes ({margin} px)"] = refiner(kept, embeddings, (), targets.values())
             versions["the run's decision"] = predictor.label_map(probabilities, embeddings)
             for name, labels in versions.items():
                 row = [postprocess.dice(labels == v, true == v) for v in targets.values()]
@@ -71,7 +73,7 @@ def main() -> None:
         print(f"{split:4s} {name:28s}", " ".join(f"{d:.3f}" for d in means), f"| {np.nanmean(means):.3f}")
     print(f"box refinement: {np.mean(seconds):.1f} s per case ({len(targets)} targets, {predictor.device})")
     if decision is not None:
-        print(f"run's decision: largest component {decision.largest_component}, box refinement {decision.box_refine}")
+        print(f"run's decision: {decision.steps}")
 
 
 if __name__ == "__main__":

@@ -165,10 +165,11 @@ def postprocess(
         return
     for name, raw in decision.val_dice_raw.items():
         kept, refined = decision.val_dice_largest_component[name], decision.val_dice_box_refined.get(name)
+        piece = decision.val_dice_box_refined_piece.get(name)
         steps = [step for step, classes in decision.steps.items() if name in classes]
         typer.echo(
             f"{name:20s} validation Dice raw {_number(raw)}, largest component {_number(kept)}, "
-            f"box-refined {_number(refined)} -> {' + '.join(steps) or 'raw'}"
+            f"box-refined {_number(refined)} (largest pieces {_number(piece)}) -> {' + '.join(steps) or 'raw'}"
         )
 
 

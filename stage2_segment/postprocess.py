@@ -3,14 +3,16 @@ the class's mean validation Dice. Two steps, in this order:
 
 1. keep only the largest 3-D connected component of the class;
 2. redraw the class with the frozen box-prompted LiteMedSAM inside the boxes of its prediction
-   (``stage2_segment.refine``; Zeus runs only, as it reads the cached image embeddings).
+   (``stage2_segment.refine``; Zeus runs only, as it reads the cached image embeddings), each slice's box around
+   all of the class's pieces there or around its largest piece, whichever validation prefers.
 
 A text-prompted decoder sees one slice at a time, so it leaves islands on slices far from the organ (they
 dominate HD95). Whether removing them helps is a property of the class (one liver, two kidneys given as two
 classes; a tumour may be multifocal), so it is measured, not assumed. The decision is made on the run's
 validation cases with its best checkpoint, written as ``postprocessing.json`` in the run folder
 (``RunFolder.postprocessing``), and applied by ``Predictor.label_map`` to every prediction after it. Box
-refinement is decided on the label maps the first step leaves, with every class redrawn at once.
+refinement is decided on the label maps the first step leaves, with every class redrawn at once from each kind
+of box.
 Components are 26-connected in the model's slice grid (connectivity does not depend on the spacing).
 """
 
@@ -67,13 +69,15 @@ class ValidationCase:
     embeddings: np.ndarray | None = None
 
 
-# (label map, embeddings, label values to redraw) -> label map: ``stage2_segment.refine.BoxRefiner``
-Refiner = Callable[[np.ndarray, np.ndarray, Collection[int]], np.ndarray]
+# (label map, embeddings, label values to redraw from boxes around all their pieces, those to redraw from boxes
+# around their largest piece) -> label map: ``stage2_segment.refine.BoxRefiner``
+Refiner = Callable[[np.ndarray, np.ndarray, Collection[int], Collection[int]], np.ndarray]
 
 
 def decide(cases: list[ValidationCase], targets: dict[str, int], refiner: Refiner | None = None) -> Postprocessing:
-    """A class gets a step where its mean Dice over the cases rises with it (ties keep the class as it was).
-    Without ``refiner`` (or embeddings) box refinement is not considered."""
+    """A class gets a step where its mean Dice over the cases rises with it (ties keep the class as it was);
+    of the two kinds of box, the one with the higher Dice (a tie goes to boxes around all pieces). Without
+    ``refiner`` (or embeddings) box refinement is not considered."""
     predicted = [c.predicted for c in cases]
     chosen, raw_dice, kept_dice = [], {}, {}
     for name, value in targets.items():
@@ -85,13 +89,24 @@ def decide(cases: list[ValidationCase], targets: dict[str, int], refiner: Refine
     if refiner is None or any(c.embeddings is None for c in cases):
         return decision
     before = [apply(p, [targets[n] for n in chosen]) for p in predicted]
-    redrawn = [refiner(labels, c.embeddings, targets.values()) for labels, c in zip(before, cases, strict=True)]
-    refined, refined_dice = [], {}
+    values = list(targets.values())
+    whole = [refiner(labels, c.embeddings, values, ()) for labels, c in zip(before, cases, strict=True)]
+    piece = [refiner(labels, c.embeddings, (), values) for labels, c in zip(before, cases, strict=True)]
+    refined, refined_piece, whole_dice, piece_dice = [], [], {}, {}
     for name, value in targets.items():
-        refined_dice[name] = _mean_dice(redrawn, cases, value)
-        if _rises(kept_dice[name] if name in chosen else raw_dice[name], refined_dice[name]):
+        whole_dice[name], piece_dice[name] = _mean_dice(whole, cases, value), _mean_dice(piece, cases, value)
+        best = kept_dice[name] if name in chosen else raw_dice[name]
+        if _rises(best, whole_dice[name]) and not _rises(whole_dice[name], piece_dice[name]):
             refined.append(name)
-    return replace(decision, box_refine=refined, val_dice_box_refined=refined_dice)
+        elif _rises(best, piece_dice[name]):
+            refined_piece.append(name)
+    return replace(
+        decision,
+        box_refine=refined,
+        val_dice_box_refined=whole_dice,
+        box_refine_piece=refined_piece,
+        val_dice_box_refined_piece=piece_dice,
+    )
 
 
 def _mean_dice(maps: list[np.ndarray], cases: list[ValidationCase], value: int) -> float | None:
@@ -135,9 +150,10 @@ def decide_for_run(run_dir: Path, *, root: Path | None = None, progress: bool = 
     decision = decide(validation, dataset.manifest.targets, predictor.box_refiner())
     run.write_postprocessing(decision)
     log.info(
-        "post-processing of %s: largest component for %s; box refinement for %s",
+        "post-processing of %s: largest component for %s; box refinement for %s; from largest pieces for %s",
         run_dir,
         decision.largest_component or "no class",
         decision.box_refine or "no class",
+        decision.box_refine_piece or "no class",
     )
     return decision

@@ -78,11 +78,12 @@ class Predictor:
         # label values of the classes each post-processing step applies to (decided on validation: postprocess.py)
         self.largest_component = [dataset.manifest.targets[c] for c in decision.largest_component]
         self.box_refine = [dataset.manifest.targets[c] for c in decision.box_refine]
+        self.box_refine_piece = [dataset.manifest.targets[c] for c in decision.box_refine_piece]
 
     @cached_property
     def _refiner(self) -> BoxRefiner | None:
         """Loaded on first use: an ensemble applies its own decision, so its members never load theirs."""
-        return self.box_refiner() if self.box_refine else None
+        return self.box_refiner() if self.box_refine or self.box_refine_piece else None
 
     @classmethod
     def from_run(cls, run_dir: Path, *, root: Path | None = None, checkpoint: str = BEST) -> Predictor:
@@ -180,8 +181,9 @@ class Predictor:
         if self._refiner is None:
             return labels
         if embeddings is None:
-            raise ValueError(f"{self.run.path} redraws {self.box_refine} with boxes: pass the case's image embeddings")
-        return self._refiner(labels, embeddings, self.box_refine)
+            redrawn = self.box_refine + self.box_refine_piece
+            raise ValueError(f"{self.run.path} redraws {redrawn} with boxes: pass the case's image embeddings")
+        return self._refiner(labels, embeddings, self.box_refine, self.box_refine_piece)
 
     def write(
         self, meta: CaseMeta, segmentation: Segmentation, out_dir: Path, *, probability_maps: bool = False

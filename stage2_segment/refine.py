@@ -21,6 +21,7 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from stage2_segment.modeling.box_reference import BOX_MARGIN, BoxPromptedSAM, boxes_from_labels
 from stage2_segment.modeling.decoder import INPUT_SIZE
@@ -47,32 +48,46 @@ class BoxRefiner:
         self.model = BoxPromptedSAM(len(self.label_values), channel).to(self.device).eval()
 
     @torch.no_grad()
-    def __call__(self, labels: np.ndarray, embeddings: np.ndarray, refine: Collection[int]) -> np.ndarray:
+    def __call__(
+        self,
+        labels: np.ndarray,
+        embeddings: np.ndarray,
+        refine: Collection[int],
+        largest_piece: Collection[int] = (),
+    ) -> np.ndarray:
         """``labels``: uint8 ``[Z, S, S]`` label values on the model slices; ``embeddings``: ``[Z, C, 256, 64,
-        64]`` (the feature cache's array); ``refine``: the label values to redraw.
+        64]`` (the feature cache's array); ``refine``: the label values to redraw from boxes around all their
+        pieces on a slice, ``largest_piece``: those to redraw from boxes around their largest piece.
 
         Every class with a prediction on a slice is decoded from its box, and the box masks compete as in the
-        reference (the most confident wins, background where none is confident): the box-prompted map. Each
-        class in ``refine`` then takes its voxels from that map, the others keep their predicted voxels except
-        where a redrawn class now holds them. So a redrawn class's mask does not depend on which other classes
-        are redrawn, and a per-class decision on validation measures what prediction applies."""
-        refine = [int(v) for v in refine]
-        if not refine:
+        reference (the most confident wins, background where none is confident): the box-prompted map, one for
+        each kind of box in use. Each redrawn class then takes its voxels from its map, the others keep their
+        predicted voxels except where a redrawn class now holds them (a voxel claimed in both maps goes to the
+        largest-piece one). So a redrawn class's mask does not depend on which other classes are redrawn, and a
+        per-class decision on validation measures what prediction applies."""
+        redraw = {False: [int(v) for v in refine], True: [int(v) for v in largest_piece]}
+        if overlap := set(redraw[False]) & set(redraw[True]):
+            raise ValueError(f"label values {sorted(overlap)} are asked for with both kinds of box")
+        if not (redraw[False] or redraw[True]):
             return labels
         if labels.shape[1:] != INPUT_SIZE or len(embeddings) != len(labels):
             raise ValueError(
                 f"box refinement needs {INPUT_SIZE[0]}-px slices and one embedding per slice: got labels "
                 f"{labels.shape}, embeddings {tuple(embeddings.shape)}"
             )
-        prompted = self.box_prompted(labels, embeddings)
-        out = np.where(np.isin(labels, refine), 0, labels).astype(labels.dtype)
-        redrawn = np.isin(prompted, refine)
-        out[redrawn] = prompted[redrawn]
+        out = np.where(np.isin(labels, redraw[False] + redraw[True]), 0, labels).astype(labels.dtype)
+        for piece, values in redraw.items():
+            if values:
+                prompted = self.box_prompted(labels, embeddings, largest_piece=piece)
+                redrawn = np.isin(prompted, values)
+                out[redrawn] = prompted[redrawn]
         return out
 
-    def box_prompted(self, labels: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
-        """The label map the box-prompted decoder draws from the boxes of every class's prediction."""
-        boxes = boxes_from_labels(torch.from_numpy(self.classes[labels]), len(self.label_values), self.margin)
+    def box_prompted(self, labels: np.ndarray, embeddings: np.ndarray, *, largest_piece: bool = False) -> np.ndarray:
+        """The label map the box-prompted decoder draws from the boxes of every class's prediction (around its
+        largest piece on each slice with ``largest_piece``)."""
+        source = largest_piece_per_slice(labels) if largest_piece else labels
+        boxes = boxes_from_labels(torch.from_numpy(self.classes[source]), len(self.label_values), self.margin)
         prompted = np.zeros_like(labels)
         for start in range(0, len(labels), self.batch_size):
             stop = start + self.batch_size
@@ -82,3 +97,19 @@ class BoxRefiner:
             logits = self.model(batch, boxes[start:stop]).cpu().numpy()  # B x (T + 1) x S x S, background 0
             prompted[start:stop] = self.values[logits.argmax(axis=1)]
         return prompted
+
+
+def largest_piece_per_slice(labels: np.ndarray) -> np.ndarray:
+    """``labels`` (``[Z, S, S]`` label values) with each class keeping, on every slice, only its largest 2-D
+    connected piece (8-connected; ties go to the first in scan order)."""
+    out = labels.copy()
+    structure = np.ones((3, 3), bool)
+    for z in range(len(out)):
+        for value in np.unique(out[z]):
+            if value == 0:
+                continue
+            pieces, count = ndimage.label(out[z] == value, structure=structure)
+            if count > 1:
+                sizes = np.bincount(pieces.ravel())[1:]
+                out[z][(pieces > 0) & (pieces != 1 + int(sizes.argmax()))] = 0
+    return out

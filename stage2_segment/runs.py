@@ -200,19 +200,26 @@ class ClassSummary:
 class Postprocessing:
     """``postprocessing.json``: what is applied to a run's label maps, chosen on the validation cases
     (``stage2_segment.postprocess``) with the mean validation Dice of each choice: the classes that keep their
-    largest 3-D component only, then the classes redrawn by the box-prompted decoder (``stage2_segment.refine``).
-    Files written before box refinement existed have no ``box_refine``: nothing is redrawn."""
+    largest 3-D component only, then the classes redrawn by the box-prompted decoder (``stage2_segment.refine``)
+    from boxes around all their pieces on a slice (``box_refine``) or around their largest piece
+    (``box_refine_piece``). Files written before a step existed lack its keys: it applies to no class."""
 
     largest_component: list[str]
     val_dice_raw: dict[str, float | None] = field(default_factory=dict)
     val_dice_largest_component: dict[str, float | None] = field(default_factory=dict)
     box_refine: list[str] = field(default_factory=list)
     val_dice_box_refined: dict[str, float | None] = field(default_factory=dict)
+    box_refine_piece: list[str] = field(default_factory=list)
+    val_dice_box_refined_piece: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def steps(self) -> dict[str, list[str]]:
         """Each step, named as commands and the report name it, with the classes it applies to, in order."""
-        return {"largest component": self.largest_component, "box refinement": self.box_refine}
+        return {
+            "largest component": self.largest_component,
+            "box refinement": self.box_refine,
+            "box refinement (largest piece)": self.box_refine_piece,
+        }
 
     @property
     def classes(self) -> set[str]:
@@ -224,16 +231,22 @@ class Postprocessing:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Postprocessing:
-        lists = {key: data.get(key, [] if key == "box_refine" else None) for key in ("largest_component", "box_refine")}
-        for key, classes in lists.items():
+        lists = {}
+        for key in ("largest_component", "box_refine", "box_refine_piece"):
+            classes = data.get(key, None if key == "largest_component" else [])
             if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
                 raise ValueError(f"{key} must be a list of class names")
+            lists[key] = classes
+        if both := sorted(set(lists["box_refine"]) & set(lists["box_refine_piece"])):
+            raise ValueError(f"classes {both} are in both box_refine and box_refine_piece")
         return cls(
             lists["largest_component"],
             dict(data.get("val_dice_raw", {})),
             dict(data.get("val_dice_largest_component", {})),
             lists["box_refine"],
             dict(data.get("val_dice_box_refined", {})),
+            lists["box_refine_piece"],
+            dict(data.get("val_dice_box_refined_piece", {})),
         )
 
 

@@ -50,29 +50,43 @@ def test_decide_keeps_the_step_only_where_validation_dice_rises():
     assert decision.box_refine == [] and decision.val_dice_box_refined == {}  # no refiner: not considered
 
 
-def test_box_refinement_is_chosen_per_class_where_it_raises_validation_dice():
+def test_box_refinement_is_chosen_per_class_and_box_where_it_raises_validation_dice():
     true = np.zeros((2, 8, 8), np.uint8)
     true[:, 1:5, 1:5] = 1
     true[:, 5:8, 5:8] = 2
+    true[:, 0, 6:8] = 3
     pred = true.copy()
-    pred[:, 1, 1:5] = 0  # class 1 under-segmented: the refiner below restores it
+    pred[:, 1, 1:5] = 0  # class 1 under-segmented: boxes around all pieces restore it
+    pred[:, 0, 4:6] = 3  # class 3 overdrawn: boxes around the largest piece restore it, the others do not
     seen = []
 
-    def refiner(labels, embeddings, values):
-        seen.append((labels.copy(), embeddings, sorted(values)))
+    def refiner(labels, embeddings, whole, piece):
+        seen.append((labels.copy(), embeddings, sorted(whole), sorted(piece)))
         out = labels.copy()
-        out[true == 1] = 1  # redraws class 1 exactly
-        out[(labels == 2) & (np.arange(8) == 7)] = 0  # and damages class 2
+        if whole:
+            out[true == 1] = 1  # redraws class 1 exactly
+            out[(labels == 2) & (np.arange(8) == 7)] = 0  # and damages class 2
+            out[(labels == 3) & (true == 0)] = 0  # and class 3 loses its false piece but also half of itself
+            out[:, 0, 7] = 0
+        if piece:
+            out[(labels == 3) & (true == 0)] = 0  # class 3 redrawn exactly, the others as they were
         return out
 
     embeddings = np.zeros((2, 1, 4, 4, 4), np.float16)
-    decision = decide([ValidationCase(pred, true, embeddings)], {"organ": 1, "other": 2}, refiner)
-    assert decision.box_refine == ["organ"]
+    targets = {"organ": 1, "other": 2, "paired": 3}
+    decision = decide([ValidationCase(pred, true, embeddings)], targets, refiner)
+    assert decision.box_refine == ["organ"] and decision.box_refine_piece == ["paired"]
     assert decision.val_dice_box_refined["organ"] == pytest.approx(1.0)
+    assert decision.val_dice_box_refined_piece["organ"] == decision.val_dice_largest_component["organ"] < 1.0
     assert decision.val_dice_box_refined["other"] < decision.val_dice_largest_component["other"] == 1.0
-    # the refiner saw the maps after the largest-component step, the case's embeddings and every class
-    (labels, given, values) = seen[0]
-    assert np.array_equal(labels, pred) and given is embeddings and values == [1, 2]
+    assert decision.val_dice_box_refined["paired"] < decision.val_dice_box_refined_piece["paired"] == 1.0
+    # the refiner saw the maps after the largest-component step (chosen for no class: each is one piece), the
+    # case's embeddings and every class, once per kind of box
+    assert decision.largest_component == []
+    assert [(np.array_equal(s[0], pred), s[1] is embeddings, s[2], s[3]) for s in seen] == [
+        (True, True, [1, 2, 3], []),
+        (True, True, [], [1, 2, 3]),
+    ]
     # a case without embeddings (the U-Net has none): box refinement is not considered
     assert decide([ValidationCase(pred, true)], {"organ": 1}, refiner).box_refine == []
 
@@ -80,7 +94,9 @@ def test_box_refinement_is_chosen_per_class_where_it_raises_validation_dice():
 def test_the_decision_round_trips_and_a_damaged_one_is_named(tmp_path):
     run = RunFolder(tmp_path)
     assert run.read_postprocessing() is None
-    decision = Postprocessing(["liver"], {"liver": 0.8}, {"liver": 0.85}, ["liver"], {"liver": 0.9})
+    decision = Postprocessing(
+        ["liver"], {"liver": 0.8}, {"liver": 0.85}, ["liver"], {"liver": 0.9}, ["spleen"], {"liver": 0.88}
+    )
     run.write_postprocessing(decision)
     assert run.read_postprocessing() == decision
     # a decision written before box refinement existed redraws nothing
@@ -88,6 +104,10 @@ def test_the_decision_round_trips_and_a_damaged_one_is_named(tmp_path):
     assert run.read_postprocessing() == Postprocessing(["liver"])
     run.postprocessing_json.write_text(json.dumps({"largest_component": "liver"}), encoding="utf-8")
     with pytest.raises(ZeusError, match=r"postprocessing\.json is damaged"):
+        run.read_postprocessing()
+    both = {"largest_component": [], "box_refine": ["liver"], "box_refine_piece": ["liver"]}
+    run.postprocessing_json.write_text(json.dumps(both), encoding="utf-8")
+    with pytest.raises(ZeusError, match="in both box_refine and box_refine_piece"):
         run.read_postprocessing()
 
 
@@ -103,7 +123,8 @@ def test_training_decides_on_validation_and_prediction_applies_the_decision(stag
     assert decision is not None and set(decision.val_dice_raw) == set(targets)
     assert set(decision.largest_component) <= set(targets)
     assert set(decision.val_dice_box_refined) == set(targets)  # box refinement was considered for every class
-    assert set(decision.box_refine) <= set(targets)
+    assert set(decision.val_dice_box_refined_piece) == set(targets)
+    assert set(decision.box_refine) | set(decision.box_refine_piece) <= set(targets)
 
     run.write_postprocessing(Postprocessing(list(targets)))
     predictor = Predictor.from_run(run.path)
@@ -124,6 +145,10 @@ def test_training_decides_on_validation_and_prediction_applies_the_decision(stag
     kept = apply(predictor.raw_label_map(segmentation.probabilities), targets.values())
     refiner = BoxRefiner(list(targets.values()))
     assert np.array_equal(segmentation.labels, refiner(kept, features.load(case_id), [value]))
+    # ... and from boxes around its largest pieces where that was chosen
+    run.write_postprocessing(Postprocessing(list(targets), box_refine_piece=[first]))
+    piece = Predictor.from_run(run.path).label_map(segmentation.probabilities, features.load(case_id))
+    assert np.array_equal(piece, refiner(kept, features.load(case_id), [], [value]))
     with pytest.raises(ValueError, match="pass the case's image embeddings"):
         predictor.label_map(segmentation.probabilities)
 

@@ -8,7 +8,7 @@ import torch
 
 from stage2_segment.modeling.encoders import FrozenImageEncoder
 from stage2_segment.postprocess import dice
-from stage2_segment.refine import BoxRefiner
+from stage2_segment.refine import BoxRefiner, largest_piece_per_slice
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +54,35 @@ def test_a_map_that_is_not_on_the_256_px_slices_is_refused(disk_slices):
         BoxRefiner([1, 2])(true[:, :128, :128], embeddings, [1])
     with pytest.raises(ValueError, match="one embedding per slice"):
         BoxRefiner([1, 2])(true, embeddings[:1], [1])
+
+
+def test_largest_piece_per_slice_keeps_each_class_s_largest_2d_piece():
+    labels = np.zeros((2, 12, 12), np.uint8)
+    labels[0, 1:5, 1:5] = 1  # 16 voxels
+    labels[0, 8:10, 8:10] = 1  # an island: 4
+    labels[0, 5, 5] = 1  # touches the first piece diagonally: one 8-connected piece with it
+    labels[0, 9:12, 0:3] = 2  # another class, one piece
+    labels[1, 0:2, 0:2] = 1  # slice 1: two pieces, the larger kept
+    labels[1, 6:9, 6:9] = 1
+    kept = largest_piece_per_slice(labels)
+    expected = labels.copy()
+    expected[0, 8:10, 8:10] = 0
+    expected[1, 0:2, 0:2] = 0
+    assert np.array_equal(kept, expected)
+    assert np.array_equal(largest_piece_per_slice(kept), kept)
+
+
+def test_boxes_around_the_largest_piece_ignore_a_far_island(disk_slices):
+    """The largest-component step keeps islands joined to the organ through other slices; on the slice, a far
+    island stretches the box over the square between them. A box around the largest piece does not."""
+    embeddings, true = disk_slices
+    rough = true.copy()
+    rough[0, 225:232, 225:232] = 1  # a false island beyond the square
+    refiner = BoxRefiner([1, 2])
+    whole, piece = refiner(rough, embeddings, [1]), refiner(rough, embeddings, [], [1])
+    assert dice(piece[0] == 1, true[0] == 1) > 0.9  # the disk's own box
+    assert dice(whole[0] == 1, true[0] == 1) < dice(piece[0] == 1, true[0] == 1) - 0.05
+    assert np.array_equal(piece[1], whole[1])  # slice 1 has one piece per class: the same boxes
+    assert np.array_equal(piece == 2, rough == 2)  # class 2 is not redrawn
+    with pytest.raises(ValueError, match="both kinds of box"):
+        refiner(rough, embeddings, [1], [1])
