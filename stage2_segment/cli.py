@@ -186,8 +186,8 @@ def ensemble(
 ) -> None:
     """Ensemble trained runs (nnU-Net style): their softmax probabilities averaged, post-processing decided for
     the ensemble on the members' validation cases (each predicted by the members that did not train on it), then
-    evaluated on the test cases. The ensemble is a run
-    folder: `zeus predict --run` and `zeus report` take it like any run."""
+    evaluated on the test cases. The ensemble is a run folder: `zeus predict --run` and `zeus report` take it
+    like any run."""
     from stage2_segment.ensemble import create_ensemble
     from stage2_segment.evaluate import evaluate_run, format_summary
     from stage2_segment.postprocess import decide_for_run
