@@ -32,13 +32,13 @@ from stage2_segment.runs import Postprocessing, RunFolder
 
 log = logging.getLogger(__name__)
 
-_CONNECTIVITY = np.ones((3, 3, 3), bool)
-
 
 def keep_largest_component(labels: np.ndarray, value: int) -> np.ndarray:
-    """``labels`` (``[Z, S, S]``) with every voxel of class ``value`` outside its largest 3-D connected
-    component set to background (0)."""
-    components, count = ndimage.label(labels == value, structure=_CONNECTIVITY)
+    """``labels`` (``[Z, S, S]``, or one ``[S, S]`` slice) with every voxel of class ``value`` outside its
+    largest connected component set to background (0). Neighbours sharing a face, an edge or a corner connect
+    (26-connected in 3-D, 8-connected in 2-D); ties go to the first component in scan order."""
+    connectivity = np.ones((3,) * labels.ndim, bool)
+    components, count = ndimage.label(labels == value, structure=connectivity)
     if count <= 1:
         return labels
     sizes = np.bincount(components.ravel())[1:]

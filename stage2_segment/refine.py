@@ -21,10 +21,10 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from stage2_segment.modeling.box_reference import BOX_MARGIN, BoxPromptedSAM, boxes_from_labels
 from stage2_segment.modeling.decoder import INPUT_SIZE
+from stage2_segment.postprocess import keep_largest_component
 
 
 class BoxRefiner:
@@ -101,15 +101,10 @@ class BoxRefiner:
 
 def largest_piece_per_slice(labels: np.ndarray) -> np.ndarray:
     """``labels`` (``[Z, S, S]`` label values) with each class keeping, on every slice, only its largest 2-D
-    connected piece (8-connected; ties go to the first in scan order)."""
+    connected piece (``postprocess.keep_largest_component`` of the slice: 8-connected)."""
     out = labels.copy()
-    structure = np.ones((3, 3), bool)
     for z in range(len(out)):
         for value in np.unique(out[z]):
-            if value == 0:
-                continue
-            pieces, count = ndimage.label(out[z] == value, structure=structure)
-            if count > 1:
-                sizes = np.bincount(pieces.ravel())[1:]
-                out[z][(pieces > 0) & (pieces != 1 + int(sizes.argmax()))] = 0
+            if value:
+                out[z] = keep_largest_component(out[z], int(value))
     return out
