@@ -65,20 +65,20 @@ class BoxRefiner:
         predicted voxels except where a redrawn class now holds them (a voxel claimed in both maps goes to the
         largest-piece one). So a redrawn class's mask does not depend on which other classes are redrawn, and a
         per-class decision on validation measures what prediction applies."""
-        redraw = {False: [int(v) for v in refine], True: [int(v) for v in largest_piece]}
-        if overlap := set(redraw[False]) & set(redraw[True]):
+        whole, piece = [int(v) for v in refine], [int(v) for v in largest_piece]
+        if overlap := set(whole) & set(piece):
             raise ValueError(f"label values {sorted(overlap)} are asked for with both kinds of box")
-        if not (redraw[False] or redraw[True]):
+        if not (whole or piece):
             return labels
         if labels.shape[1:] != INPUT_SIZE or len(embeddings) != len(labels):
             raise ValueError(
                 f"box refinement needs {INPUT_SIZE[0]}-px slices and one embedding per slice: got labels "
                 f"{labels.shape}, embeddings {tuple(embeddings.shape)}"
             )
-        out = np.where(np.isin(labels, redraw[False] + redraw[True]), 0, labels).astype(labels.dtype)
-        for piece, values in redraw.items():
+        out = np.where(np.isin(labels, whole + piece), 0, labels).astype(labels.dtype)
+        for values, around_largest_piece in ((whole, False), (piece, True)):
             if values:
-                prompted = self.box_prompted(labels, embeddings, largest_piece=piece)
+                prompted = self.box_prompted(labels, embeddings, largest_piece=around_largest_piece)
                 redrawn = np.isin(prompted, values)
                 out[redrawn] = prompted[redrawn]
         return out
