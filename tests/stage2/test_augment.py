@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stage2_segment.augment import SliceAugmentation, variant
+from stage2_segment.augment import MAX_ROTATION_DEG, MAX_SHIFT, SCALE, SliceAugmentation, variant
 
 
 def _blob_case(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -40,6 +40,18 @@ def test_copies_keep_laterality_label_values_and_intensity_range(copy):
     inside = moved_image[0][moved_label == 1]
     assert inside.mean() > 0.75 ** augmentation.gamma[0]
     assert not np.array_equal(moved_label, label)
+
+
+def test_copies_span_the_documented_ranges():
+    draws = [SliceAugmentation.draw(f"case_{i}", copy, modalities=1, size=256) for i in range(100) for copy in (1, 2)]
+    rotations = np.array([d.rotation for d in draws])
+    scales = np.array([d.scale for d in draws])
+    shifts = np.array([d.shift for d in draws])
+    assert MAX_ROTATION_DEG == 15.0 and SCALE == (0.8, 1.25) and MAX_SHIFT == 0.10
+    assert np.abs(rotations).max() <= 15.0 and np.abs(rotations).max() > 14.0
+    assert scales.min() >= 0.8 and scales.max() <= 1.25 and scales.min() < 0.82 and scales.max() > 1.22
+    assert np.abs(shifts).max() <= 25.6 and np.abs(shifts).max() > 24.0  # 10 % of 256 px
+    assert (scales > 1.1).sum() > 40 and (scales < 0.9).sum() > 30  # beyond version 1's 0.9-1.1 often
 
 
 def test_each_epoch_draws_a_version_per_slice_reproducibly():
