@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stage2_segment.config import TrainConfig, parse_duration
+from stage2_segment.config import RECIPE_AUGMENT_COPIES, RECIPE_SLICE_CONTEXT, TrainConfig, parse_duration
 
 
 def train(
@@ -47,13 +47,21 @@ def train(
         str, typer.Option(help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32, or bf16 (autocast).")
     ] = TrainConfig.precision,
     augment_copies: Annotated[
-        int,
-        typer.Option(min=0, help="Augmented copies per training case (rotation, scale, shift, gamma; no flips)."),
-    ] = TrainConfig.augment_copies,
+        int | None,
+        typer.Option(
+            min=0,
+            help=f"Augmented copies per training case (rotation, scale, shift, gamma; no flips) [default: "
+            f"{RECIPE_AUGMENT_COPIES} for zeus, 0 otherwise].",
+        ),
+    ] = None,
     slice_context: Annotated[
-        int,
-        typer.Option(min=0, help="2.5-D: neighbouring slices on either side each slice's embedding takes in."),
-    ] = TrainConfig.slice_context,
+        int | None,
+        typer.Option(
+            min=0,
+            help=f"2.5-D: neighbouring slices on either side each slice's embedding takes in [default: "
+            f"{RECIPE_SLICE_CONTEXT} for zeus, 0 otherwise].",
+        ),
+    ] = None,
     slices_per_epoch: Annotated[int | None, typer.Option(help="Sample this many training slices per epoch.")] = None,
     time_budget: Annotated[
         str | None,

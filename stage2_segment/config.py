@@ -26,6 +26,10 @@ BOX_REFERENCE = "litemedsam-boxes"
 FUSIONS = ("early", "hybrid", "late")
 # per-target: one decoder pass per (image, target), as SAM; joint: all targets of an image in one pass.
 DECODERS = ("per-target", "joint")
+# The recipe measured on the real dev data (README, "Real data"; chosen in "Defaults"): a Zeus run trains with
+# these unless told otherwise. The U-Net baseline and the box reference read neither (their default is 0).
+RECIPE_AUGMENT_COPIES = 2
+RECIPE_SLICE_CONTEXT = 1
 # How --lr is scaled with --batch-size (from the batch REFERENCE_BATCH it was tuned at): none, linear or sqrt.
 LR_SCALINGS = ("none", "linear", "sqrt")
 REFERENCE_BATCH = 4
@@ -53,10 +57,12 @@ class TrainConfig:
     precision: str = "auto"  # one of PRECISIONS
     num_tokens: int = 2
     # 2.5-D: each slice's embedding also takes in the embeddings of this many slices on either side
-    slice_context: int = 0
+    # (None: RECIPE_SLICE_CONTEXT for Zeus, 0 for the other models; resolved when the config is made)
+    slice_context: int | None = None
     image_size: int = DEFAULT_IMAGE_SIZE
     # augmented copies per training case, encoded once (stage2_segment.augment); 0: the original slices only
-    augment_copies: int = 0
+    # (None: RECIPE_AUGMENT_COPIES for Zeus, 0 for the other models)
+    augment_copies: int | None = None
     slices_per_epoch: int | None = None  # sample this many slices per epoch (default: all)
     # seconds the whole `zeus train` may take: epochs are then planned from the measured step time
     time_budget: float | None = None
@@ -71,6 +77,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ZeusError(f"--model must be one of {MODELS}, got {self.model!r}")
+        zeus = self.model == "zeus"
+        if self.slice_context is None:
+            object.__setattr__(self, "slice_context", RECIPE_SLICE_CONTEXT if zeus else 0)
+        if self.augment_copies is None:
+            object.__setattr__(self, "augment_copies", RECIPE_AUGMENT_COPIES if zeus else 0)
         if self.fusion not in FUSIONS:
             raise ZeusError(f"--fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.decoder not in DECODERS:
@@ -136,8 +147,9 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
-        # A run written before ``--decoder`` existed decoded per target, whatever today's default.
-        data = {"decoder": "per-target", **data}
+        # A run written before an option existed ran without it, whatever today's default: before ``--decoder``
+        # it decoded per target, before ``--slice-context`` and ``--augment-copies`` it read neither.
+        data = {"decoder": "per-target", "slice_context": 0, "augment_copies": 0, **data}
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 

@@ -10,11 +10,13 @@ from shared.demo import DemoConfig
 from shared.manifest import resolve_dataset
 from stage1_instruct.config import Stage1Config
 from stage1_instruct.runners import run_local
+from stage2_segment.config import RECIPE_AUGMENT_COPIES
 from stage2_segment.features import FeatureCache
 from stage2_segment.modeling.encoders import FrozenImageEncoder
 from tests.factories import write_msd
 
-# 3 cases (train / val / test) of 3 slices at 256 px; image embeddings are computed once per test session.
+# 3 cases (train / val / test) of 3 slices at 256 px; image embeddings (and the default augmented copies) are
+# computed once per test session.
 STAGE2_TINY = DemoConfig(cases=3, size=(48, 40), slices=3, spacing=(8.0, 8.0, 30.0), t2_spacing=(9.0, 9.0, 30.0))
 
 
@@ -30,8 +32,10 @@ def stage2_session(tmp_path_factory):
         cases = CaseCache(dataset, 256)
         cases.prepare(progress=False)
         ids = cases.cached_case_ids()
-        FeatureCache(cases, FrozenImageEncoder()).ensure(ids, progress=False)
-        FeatureCache(cases, FrozenImageEncoder.early_fusion(3), early=True).ensure(ids, progress=False)
+        # with the copies a Zeus run trains on by default, so no test encodes them again
+        FeatureCache(cases, FrozenImageEncoder()).ensure(ids, progress=False, copies=RECIPE_AUGMENT_COPIES)
+        early = FeatureCache(cases, FrozenImageEncoder.early_fusion(3), early=True)
+        early.ensure(ids, progress=False, copies=RECIPE_AUGMENT_COPIES)
     finally:
         for key, value in old.items():
             if value is None:

@@ -155,6 +155,7 @@ def test_resume_continues_exactly(stage2_dataset, copies):
         ({"fusion": "late"}, "--fusion: the run has 'early', now 'late'"),
         ({"batch_size": 2}, "--batch-size: the run has 1, now 2"),
         ({"decoder": "joint"}, "--decoder: the run has 'per-target', now 'joint'"),
+        ({"slice_context": 0}, "--slice-context: the run has 1, now 0"),
         ({"precision": "bf16"}, "--precision: the run has 'auto', now 'bf16'"),
     ],
 )
@@ -253,8 +254,15 @@ def test_unet_baseline_trains_on_the_same_slices_without_encoder_or_text(stage2_
 
 @pytest.mark.slow
 def test_overfits_a_tiny_case(stage2_dataset):
-    trainer = _trainer(
-        stage2_dataset, run_name="overfit", epochs=50, lr=3e-4, slices_per_epoch=1, batch_size=1, warmup_steps=3
+    trainer = _trainer(  # the original slice only: augmented copies would move the one slice it is to memorise
+        stage2_dataset,
+        run_name="overfit",
+        epochs=50,
+        lr=3e-4,
+        slices_per_epoch=1,
+        batch_size=1,
+        warmup_steps=3,
+        augment_copies=0,
     )
     trainer.train_set.index = [("demo_001", 1)]  # one slice with all four organs
     trainer.val_set.index = [("demo_001", 1)]
@@ -326,6 +334,28 @@ def test_the_learning_rate_scales_with_the_batch_when_asked(stage2_dataset):
         TrainConfig(lr_scaling="cubic")
     trainer = _trainer(stage2_dataset, batch_size=8, lr=1e-3, lr_scaling="linear")
     assert trainer.optimizer.param_groups[0]["initial_lr"] == pytest.approx(2e-3)
+
+
+def test_zeus_defaults_to_the_measured_recipe_and_other_models_to_none_of_it():
+    default = TrainConfig()
+    assert (default.augment_copies, default.slice_context) == (2, 1)
+    assert default.name == "late__text-instructions__fold0"
+    assert (
+        TrainConfig(augment_copies=0, slice_context=3).augment_copies,
+        TrainConfig(slice_context=3).slice_context,
+    ) == (0, 3)
+    for model in ("unet", "litemedsam-boxes"):  # neither reads neighbouring slices nor trains on augmented copies
+        config = TrainConfig(model=model)
+        assert (config.augment_copies, config.slice_context) == (0, 0)
+    with pytest.raises(ZeusError, match="--slice-context is an input of the Zeus segmenter"):
+        TrainConfig(model="unet", slice_context=1)
+    # the resolved values are what config.json records, so a run reads back as it was trained
+    assert TrainConfig.from_json(default.to_json()) == default
+    # a run written before these options existed ran without them, whatever today's defaults
+    joint = TrainConfig(decoder="joint").to_json()
+    old = {k: v for k, v in joint.items() if k not in ("decoder", "augment_copies", "slice_context")}
+    restored = TrainConfig.from_json(old)
+    assert (restored.decoder, restored.augment_copies, restored.slice_context) == ("per-target", 0, 0)
 
 
 @pytest.mark.slow
