@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 ## The whole pipeline on the built-in synthetic demo data, end to end: data -> instructions -> a short
-## late-fusion training -> evaluation on the held-out case -> report (about 14 minutes on 2 CPU cores).
+## late-fusion training -> evaluation on the held-out case -> report (about 15 minutes on 2 CPU cores).
 DEMO_CASES  ?= 5
 DEMO_SLICES ?= 8
 HOME_DIR    := $${ZEUS_HOME:-.zeus}
