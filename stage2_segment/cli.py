@@ -9,6 +9,24 @@ import typer
 
 from stage2_segment.config import RECIPE_AUGMENT_COPIES, RECIPE_SLICE_CONTEXT, TrainConfig, parse_duration
 
+# Options `zeus ablate` shares with `zeus train` whose default depends on --model (resolved by TrainConfig).
+AugmentCopies = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help=f"Augmented copies per training case (rotation, scale, shift, gamma; no flips); default "
+        f"{RECIPE_AUGMENT_COPIES} for zeus, 0 otherwise.",
+    ),
+]
+SliceContext = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help=f"2.5-D: neighbouring slices on either side each slice's embedding takes in; default "
+        f"{RECIPE_SLICE_CONTEXT} for zeus, 0 otherwise.",
+    ),
+]
+
 
 def train(
     dataset: Annotated[str, typer.Argument(help="Built-in manifest name, manifest .json, or dataset folder.")] = "demo",
@@ -46,22 +64,8 @@ def train(
     precision: Annotated[
         str, typer.Option(help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32, or bf16 (autocast).")
     ] = TrainConfig.precision,
-    augment_copies: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            help=f"Augmented copies per training case (rotation, scale, shift, gamma; no flips) [default: "
-            f"{RECIPE_AUGMENT_COPIES} for zeus, 0 otherwise].",
-        ),
-    ] = None,
-    slice_context: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            help=f"2.5-D: neighbouring slices on either side each slice's embedding takes in [default: "
-            f"{RECIPE_SLICE_CONTEXT} for zeus, 0 otherwise].",
-        ),
-    ] = None,
+    augment_copies: AugmentCopies = None,
+    slice_context: SliceContext = None,
     slices_per_epoch: Annotated[int | None, typer.Option(help="Sample this many training slices per epoch.")] = None,
     time_budget: Annotated[
         str | None,

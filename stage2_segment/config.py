@@ -26,7 +26,7 @@ BOX_REFERENCE = "litemedsam-boxes"
 FUSIONS = ("early", "hybrid", "late")
 # per-target: one decoder pass per (image, target), as SAM; joint: all targets of an image in one pass.
 DECODERS = ("per-target", "joint")
-# The recipe measured on the real dev data (README, "Real data"; chosen in "Defaults"): a Zeus run trains with
+# The recipe measured on the real dev data (README: "Real data", "Defaults from the dev data"): a Zeus run trains with
 # these unless told otherwise. The U-Net baseline and the box reference read neither (their default is 0).
 RECIPE_AUGMENT_COPIES = 2
 RECIPE_SLICE_CONTEXT = 1

@@ -15,11 +15,12 @@ from typer.core import TyperGroup
 from shared.errors import DataError, ZeusError
 from shared.preprocess import DEFAULT_IMAGE_SIZE
 from stage1_instruct.cli import app as instructions_app
+from stage2_segment.cli import AugmentCopies, SliceContext
 from stage2_segment.cli import ensemble as ensemble_command
 from stage2_segment.cli import evaluate as evaluate_command
 from stage2_segment.cli import postprocess as postprocess_command
 from stage2_segment.cli import train as train_command
-from stage2_segment.config import RECIPE_AUGMENT_COPIES, RECIPE_SLICE_CONTEXT, TEXT_MODES, TrainConfig
+from stage2_segment.config import TEXT_MODES, TrainConfig
 
 
 class _UserErrors(TyperGroup):
@@ -246,12 +247,8 @@ def ablate(
     lr: Annotated[float, typer.Option()] = TrainConfig.lr,
     warmup_steps: Annotated[int, typer.Option(min=0)] = TrainConfig.warmup_steps,
     slices_per_epoch: Annotated[int | None, typer.Option(help="Sample this many training slices per epoch.")] = None,
-    augment_copies: Annotated[
-        int | None, typer.Option(min=0, help=f"Augmented copies per training case [default: {RECIPE_AUGMENT_COPIES}].")
-    ] = None,
-    slice_context: Annotated[
-        int | None, typer.Option(min=0, help=f"Slices of context on either side [default: {RECIPE_SLICE_CONTEXT}].")
-    ] = None,
+    augment_copies: AugmentCopies = None,
+    slice_context: SliceContext = None,
     precision: Annotated[str, typer.Option(help="auto, fp32 or bf16.")] = TrainConfig.precision,
     image_size: Annotated[int, typer.Option(help="Model slice size (pixels).")] = TrainConfig.image_size,
 ) -> None:
