@@ -1,6 +1,8 @@
 """Patient-level splits, persisted per dataset in ``$ZEUS_HOME/splits/<dataset>.json``.
 
-A held-out test set, then k folds of train/val over the rest; cases (patients) never straddle sets.
+A held-out test set, then k folds of train/val over the rest; cases (patients) never straddle sets. With
+``test_fraction=0`` there is no test set and the folds cover every case (nnU-Net's cross-validation: each case
+is predicted once, out of fold, by the model that did not train on it).
 """
 
 from __future__ import annotations
@@ -88,7 +90,13 @@ def load_splits(dataset: str, path: Path | None = None) -> Splits:
 
 
 def ensure_splits(
-    dataset: str, case_ids: list[str], *, folds: int = 5, seed: int = 0, overwrite: bool = False
+    dataset: str,
+    case_ids: list[str],
+    *,
+    folds: int = 5,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    overwrite: bool = False,
 ) -> Splits:
     """Load the persisted splits, or make and persist them; the case set must match the stored one."""
     path = splits_path(dataset)
@@ -101,6 +109,6 @@ def ensure_splits(
                 "pass --resplit to make new splits (results of earlier runs then no longer compare)"
             )
         return splits
-    splits = make_splits(dataset, case_ids, folds=folds, seed=seed)
+    splits = make_splits(dataset, case_ids, folds=folds, test_fraction=test_fraction, seed=seed)
     write_json(path, splits.to_json())
     return splits

@@ -198,15 +198,17 @@ def ensemble(
 ) -> None:
     """Ensemble trained runs (nnU-Net style): their softmax probabilities averaged, post-processing decided for
     the ensemble on the members' validation cases (each predicted by the members that did not train on it), then
-    evaluated on the test cases. The ensemble is a run folder: `zeus predict --run` and `zeus report` take it
-    like any run."""
+    evaluated on the test cases (on the validation cases, out of fold, where the split has no test set). The
+    ensemble is a run folder: `zeus predict --run` and `zeus report` take it like any run."""
+    from shared.splits import load_splits
     from stage2_segment.ensemble import create_ensemble
     from stage2_segment.evaluate import evaluate_run, format_summary
     from stage2_segment.postprocess import decide_for_run
 
     folder = create_ensemble(runs, name)
     decide_for_run(folder.path, root=root)
-    typer.echo(format_summary(evaluate_run(folder.path, root=root)))
+    split = "test" if load_splits(folder.read_info().dataset).test else "val"
+    typer.echo(format_summary(evaluate_run(folder.path, split=split, root=root)))
     typer.echo(f"ensemble of {len(runs)} runs -> {folder.path}")
 
 

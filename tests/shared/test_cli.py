@@ -31,6 +31,14 @@ def test_demo_data_check_prepare_fingerprint(zeus_home, tmp_path):
     assert "0 built, 3 already cached" in _ok("data", "prepare", "demo", "--workers", "1", "--image-size", "64")
     splits = json.loads((zeus_home / "splits" / "demo.json").read_text(encoding="utf-8"))
     assert len(splits["test"]) == 1 and len(splits["folds"]) == 2
+    out = _ok("data", "prepare", "demo", "--workers", "1", "--image-size", "64", "--test-fraction", "0", "--resplit")
+    assert "0 test" in out
+    splits = json.loads((zeus_home / "splits" / "demo.json").read_text(encoding="utf-8"))
+    assert splits["test"] == [] and sorted(c for f in splits["folds"] for c in f["val"]) == [
+        "demo_001",
+        "demo_002",
+        "demo_003",
+    ]
 
     target = tmp_path / "fp.json"
     _ok("data", "fingerprint", "demo", "--json", str(target))

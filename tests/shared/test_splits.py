@@ -24,6 +24,15 @@ def test_splits_are_patient_level_disjoint_and_cover_every_case():
     assert sum(len(v) for v in vals) == 9
 
 
+def test_without_a_test_set_the_folds_cover_every_case_once():
+    splits = make_splits("ds", CASES[:8], folds=4, test_fraction=0, seed=0)
+    assert splits.test == ()
+    assert [len(val) for _, val in splits.folds] == [2, 2, 2, 2]
+    assert sorted(c for _, val in splits.folds for c in val) == CASES[:8]
+    for train, val in splits.folds:
+        assert len(train) == 6 and not set(train) & set(val)
+
+
 def test_splits_depend_only_on_the_seed():
     assert make_splits("ds", CASES, seed=1) == make_splits("ds", CASES, seed=1)
     assert make_splits("ds", CASES[::-1], seed=1) == make_splits("ds", CASES, seed=1)  # order-independent

@@ -13,12 +13,14 @@ from typer.testing import CliRunner
 from shared.cases import CaseCache
 from shared.errors import ZeusError
 from shared.splits import load_splits
+from shared.workspace import splits_path
 from stage2_segment.config import TrainConfig
 from stage2_segment.ensemble import create_ensemble, mean_probabilities
 from stage2_segment.predict import EnsemblePredictor, Predictor
 from stage2_segment.runs import Postprocessing, RunFolder, pending_evaluations
 from stage2_segment.train import Trainer, prepare_training_data
 from zeus.cli import app
+from zeus.report.build import build_reports
 from zeus.report.collect import collect_runs
 
 
@@ -109,7 +111,7 @@ def test_an_ensemble_averages_its_members_and_is_evaluated_like_a_run(stage2_dat
         create_ensemble([m.path for m in members], "other")
 
 
-def test_an_ensemble_of_folds_predicts_each_case_with_the_members_that_did_not_train_on_it(stage2_dataset):
+def test_an_ensemble_of_folds_predicts_each_case_with_the_members_that_did_not_train_on_it(stage2_dataset, tmp_path):
     members = [_trained(stage2_dataset, "f0", fold=0), _trained(stage2_dataset, "f1", fold=1)]
     infos = [m.read_info() for m in members]
     (val0,), (val1,) = infos[0].val_cases, infos[1].val_cases
@@ -144,6 +146,19 @@ def test_an_ensemble_of_folds_predicts_each_case_with_the_members_that_did_not_t
     members[1].config_json.write_text(json.dumps(record))
     with pytest.raises(ZeusError, match=rf"f1 trained or validated on test case\(s\) \['{test_id}'\]"):
         create_ensemble([m.path for m in members], "leaky")
+
+    # cross-validation over every patient (`data prepare --test-fraction 0`): the ensemble and the report use
+    # the folds' validation cases, each predicted out of fold, as there is no test set
+    split = json.loads(splits_path(stage2_dataset.name).read_text(encoding="utf-8"))
+    splits_path(stage2_dataset.name).write_text(json.dumps({**split, "test": []}), encoding="utf-8")
+    result = CliRunner().invoke(app, ["ensemble", str(members[0].path), str(members[1].path), "--name", "cv"])
+    assert result.exit_code == 0, result.output
+    cv = RunFolder(members[0].path.parent / "cv")
+    assert cv.evaluation("val").read_summary().source.case_ids == sorted([val0, val1])
+    assert not cv.evaluation("test").summary_json.exists()
+    (html,) = build_reports([stage2_dataset.name], tmp_path / "reports")
+    markdown = html.with_suffix(".md").read_text(encoding="utf-8")
+    assert "`val` split (the split has no test set: each fold's validation cases, predicted out of fold)" in markdown
 
 
 def test_members_must_share_data_encoder_and_instructions(stage2_dataset):

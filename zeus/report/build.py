@@ -30,7 +30,7 @@ from stage2_segment.evaluate import format_number, format_stats
 from stage2_segment.features import encoder_costs
 from stage2_segment.instructions import instruction_table
 from stage2_segment.metrics import score_masks
-from stage2_segment.runs import EVALUATED_SPLIT, Postprocessing, datasets_with_runs
+from stage2_segment.runs import Postprocessing, datasets_with_runs, reported_split
 from zeus.ablation import FOREGROUND, compare, conclusion, read_plan
 from zeus.report import figures
 from zeus.report.collect import DamagedRun, RunRecord, collect_runs, stage_one_costs
@@ -68,6 +68,9 @@ def build_report(dataset: str, folder: Path) -> Path:
 # -- Markdown -----------------------------------------------------------------------------------------------
 
 
+_OUT_OF_FOLD = " (the split has no test set: each fold's validation cases, predicted out of fold)."
+
+
 def _markdown(dataset: str, runs: list[RunRecord], damaged: list[DamagedRun], folder: Path) -> str:
     manifest = runs[0].info.manifest
     plan = read_plan(dataset)
@@ -76,11 +79,12 @@ def _markdown(dataset: str, runs: list[RunRecord], damaged: list[DamagedRun], fo
     runs = [r for r in runs if r.name not in ablation]  # the ablation's runs get their own section
     evaluated = [r for r in runs if r.evaluation]
     targets = list(manifest.targets) if manifest else _targets_of(evaluated)
+    split = reported_split(dataset)
     sections = [
         f"# Zeus report: {_text(dataset)}",
         f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from {_code(zeus_home().resolve())} "
         f"at git revision {_code(git_revision())}. {len(runs)} run(s), {len(evaluated)} evaluated on the "
-        f"{_code(EVALUATED_SPLIT)} split.",
+        f"{_code(split)} split{_OUT_OF_FOLD if split == 'val' else '.'}",
         _damaged(damaged),
         _results(evaluated, targets, runs),
         _comparison(evaluated),
@@ -344,7 +348,7 @@ def overlay_panels(run: RunRecord, per_target: int = 2) -> dict[str, list[figure
     dataset = run.info.open_dataset()
     manifest = dataset.manifest
     cases = CaseCache(dataset, run.train.image_size)
-    evaluation = run.folder.evaluation(EVALUATED_SPLIT)
+    evaluation = run.folder.evaluation(reported_split(run.info.dataset))
     reference = manifest.reference_modality
     channel = manifest.modality_names.index(reference)
     table = instruction_table(manifest, run.train)

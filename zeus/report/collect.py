@@ -16,7 +16,7 @@ from shared.errors import ZeusError
 from shared.instructions import InstructionStore, RunLogEntry
 from stage2_segment.config import BOX_REFERENCE, TrainConfig
 from stage2_segment.modeling.box_reference import BOX_MARGIN
-from stage2_segment.runs import EVALUATED_SPLIT, EvaluationSummary, Postprocessing, RunFolder, RunInfo, list_runs
+from stage2_segment.runs import EvaluationSummary, Postprocessing, RunFolder, RunInfo, list_runs, reported_split
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +121,10 @@ class DamagedRun:
 
 def collect_runs(dataset: str) -> tuple[list[RunRecord], list[DamagedRun]]:
     """Every run of the dataset that can be read; a run with a damaged file is listed apart, not fatal."""
-    records, damaged = [], []
+    records, damaged, split = [], [], reported_split(dataset)
     for run in list_runs(dataset):
         try:
-            evaluation = run.evaluation(EVALUATED_SPLIT).read_summary()
+            evaluation = run.evaluation(split).read_summary()
             records.append(RunRecord(run, run.read_info(), run.read_log(), evaluation, run.read_postprocessing()))
         except ZeusError as e:
             log.warning("report: leaving out run %s: %s", run.path, e)
