@@ -60,6 +60,15 @@ def train(
     warmup_steps: Annotated[
         int, typer.Option(min=0, help="Linear learning-rate warm-up, in steps.")
     ] = TrainConfig.warmup_steps,
+    ema_decay: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.9999,
+            help="Validate, keep and predict with a moving average of the weights, updated every step with this "
+            "decay (e.g. 0.99); 0: off.",
+        ),
+    ] = TrainConfig.ema_decay,
     seed: int = TrainConfig.seed,
     precision: Annotated[
         str, typer.Option(help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32, or bf16 (autocast).")
@@ -109,6 +118,7 @@ def train(
         lr=lr,
         lr_scaling=lr_scaling,
         warmup_steps=warmup_steps,
+        ema_decay=ema_decay,
         seed=seed,
         precision=precision,
         augment_copies=augment_copies,

@@ -53,6 +53,9 @@ class TrainConfig:
     lr_scaling: str = "none"  # one of LR_SCALINGS: larger batches (on a GPU) scale the learning rate
     weight_decay: float = 0.01
     warmup_steps: int = 10
+    # validate, keep and predict with an exponential moving average of the weights, updated every step with
+    # this decay (0: the trained weights themselves)
+    ema_decay: float = 0.0
     seed: int = 0
     precision: str = "auto"  # one of PRECISIONS
     num_tokens: int = 2
@@ -98,6 +101,8 @@ class TrainConfig:
             raise ZeusError(f"--augment-copies must be 0 or more, got {self.augment_copies}")
         if self.slice_context < 0:
             raise ZeusError(f"--slice-context must be 0 or more, got {self.slice_context}")
+        if not 0 <= self.ema_decay < 1:
+            raise ZeusError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.slice_context and self.model != "zeus":
             raise ZeusError("--slice-context is an input of the Zeus segmenter: --model zeus only")
         if self.augment_copies and not self.uses_features:

@@ -4,7 +4,9 @@
 patient-level splits, image embeddings), then ``Trainer`` trains. Device and precision come from
 ``stage2_segment.runs`` (bf16 autocast on CUDA and on CPUs with native bf16, else fp32). Every epoch writes a
 full-state checkpoint (model, optimizer, scheduler, epoch, RNG states), so ``resume`` continues exactly; the
-best checkpoint is chosen by validation Dice, never by training loss. Under ``torchrun`` it trains with DDP
+best checkpoint is chosen by validation Dice, never by training loss. With ``--ema-decay`` validation, the
+checkpoints' ``model`` and so prediction use an exponential moving average of the weights (torch's
+``AveragedModel``); the trained weights are kept beside it for resuming. Under ``torchrun`` it trains with DDP
 (gloo on CPU, NCCL on GPU); rank 0 validates, logs and writes.
 """
 
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -207,11 +210,22 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizer, warmup_cosine(config.warmup_steps, self.steps_per_epoch * config.epochs)
             )
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+            if trainable and config.ema_decay
+            else None
+        )
         self.epoch, self.best_dice, self.stale_epochs = 0, -1.0, 0
 
     @property
     def run_dir(self) -> Path:
         return self.run.path
+
+    @property
+    def predicting_model(self) -> torch.nn.Module:
+        """The weights that validate, fill the checkpoints' ``model`` and predict: the moving average where
+        ``--ema-decay`` is set, else the trained weights."""
+        return self.ema.module if self.ema is not None else self.model
 
     def _model(self, table: InstructionTable | None) -> torch.nn.Module:
         manifest = self.dataset.manifest
@@ -231,7 +245,10 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         return {
-            "model": self.model.state_dict(),
+            "model": self.predicting_model.state_dict(),
+            # with a moving average: the trained weights and the number of averaged steps, to resume from
+            "trained": self.model.state_dict() if self.ema is not None else None,
+            "ema_updates": int(self.ema.n_averaged) if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "epoch": self.epoch,
@@ -252,9 +269,14 @@ class Trainer:
             raise ZeusError(f"nothing to resume: {path} does not exist")
         state = load_checkpoint(path, self.device)
         self._check_resumable(state, path)
-        self.model.load_state_dict(state["model"], strict=True)
         if self.optimizer is None:
             raise ZeusError(f"{path}: {self.config.model} has nothing to train, so nothing to resume")
+        if self.ema is not None:
+            self.model.load_state_dict(state["trained"], strict=True)
+            self.ema.module.load_state_dict(state["model"], strict=True)
+            self.ema.n_averaged.fill_(state["ema_updates"])
+        else:
+            self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best_dice, self.stale_epochs = state["epoch"], state["best_dice"], state["stale_epochs"]
@@ -315,6 +337,8 @@ class Trainer:
     def _close_epoch(self, train_loss: float, start: float) -> None:
         """Validate, keep the best, write the checkpoints and the log row of the epoch just trained."""
         dice = self._broadcast(self.validate() if self.dist.main else np.zeros(len(self.dataset.manifest.targets)))
+        # what the moving average adds, in the log: the trained weights' validation Dice beside it
+        trained = self.validate(model=self.model) if self.ema is not None and self.dist.main else None
         mean_dice = float(np.nanmean(dice)) if np.isfinite(dice).any() else 0.0
         # Without validation cases nothing tells epochs apart: best.pt is the latest, not the first.
         improved = mean_dice > self.best_dice or self.val_set is None
@@ -323,7 +347,7 @@ class Trainer:
             self.save(LAST)
             if improved:
                 self.save(BEST)
-            self._log(train_loss, dice, time.perf_counter() - start)
+            self._log(train_loss, dice, time.perf_counter() - start, trained)
 
     def _epoch_size(self) -> int:
         return min(len(self.train_set), self.config.slices_per_epoch or len(self.train_set))
@@ -370,20 +394,24 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return loss.item()
 
     @torch.no_grad()
-    def validate(self, max_batches: int | None = None) -> np.ndarray:
-        """Mean Dice per target over the validation cases (3-D, accumulated over slices)."""
+    def validate(self, max_batches: int | None = None, model: torch.nn.Module | None = None) -> np.ndarray:
+        """Mean Dice per target over the validation cases (3-D, accumulated over slices), of ``model`` (default:
+        the predicting weights)."""
         if self.val_set is None:
             return np.full(len(self.dataset.manifest.targets), np.nan)
-        self.model.eval()
+        model = model if model is not None else self.predicting_model
+        model.eval()
         overlap = VolumeOverlap(len(self.dataset.manifest.targets))
         loader = DataLoader(self.val_set, batch_size=self.config.batch_size, shuffle=False)
         for batch in itertools.islice(loader, max_batches):
             case_ids = [self.val_set.case_of(int(i)) for i in batch["index"]]
             with self.autocast:
-                logits = forward_batch(self.model, batch, self.device)
+                logits = forward_batch(model, batch, self.device)
             overlap.update(case_ids, logits.argmax(dim=1).cpu(), batch["label"])
         return overlap.mean_dice_per_class()
 
@@ -406,6 +434,7 @@ class Trainer:
             start = time.perf_counter()
             self.validate(max_batches=min(2, batches_per_pass))
             validation = (time.perf_counter() - start) / min(2, batches_per_pass) * batches_per_pass
+            validation *= 2 if self.ema is not None else 1  # the trained weights are validated too
         with tempfile.TemporaryDirectory() as folder:
             start = time.perf_counter()
             save_checkpoint(Path(folder) / "timing.pt", self.state())
@@ -431,12 +460,13 @@ class Trainer:
             packages=package_versions(*RUN_PACKAGES),
         )
 
-    def _log(self, train_loss: float, dice: np.ndarray, seconds: float) -> None:
+    def _log(self, train_loss: float, dice: np.ndarray, seconds: float, trained: np.ndarray | None = None) -> None:
         targets = list(self.dataset.manifest.targets)
         row = {
             "epoch": self.epoch,
             "train_loss": round(train_loss, 6),
-            "val_dice": round(float(np.nanmean(dice)), 6) if np.isfinite(dice).any() else "",
+            "val_dice": _mean(dice),
+            **({"val_dice_trained": _mean(trained)} if trained is not None else {}),
             **{f"dice_{t}": ("" if np.isnan(d) else round(float(d), 6)) for t, d in zip(targets, dice, strict=True)},
             "lr": self.scheduler.get_last_lr()[0] if self.scheduler else 0.0,
             "seconds": round(seconds, 2),
@@ -452,6 +482,11 @@ class Trainer:
         tensor = torch.as_tensor(values, dtype=torch.float64, device=self.device)
         dist.broadcast(tensor, src=0)
         return tensor.cpu().numpy()
+
+
+def _mean(dice: np.ndarray) -> float | str:
+    """The mean over targets for the log row; empty without validation cases."""
+    return round(float(np.nanmean(dice)), 6) if np.isfinite(dice).any() else ""
 
 
 def _rng_state() -> dict[str, Any]:

@@ -20,6 +20,7 @@ from stage2_segment.instructions import InstructionTable
 from stage2_segment.losses import union_loss
 from stage2_segment.modeling.encoders import FrozenImageEncoder
 from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
+from stage2_segment.predict import Predictor
 from stage2_segment.train import Trainer, prepare_training_data
 
 TAG = PRESETS["template"].tag
@@ -120,11 +121,18 @@ def _killed_after_first_epoch(trainer: Trainer) -> None:
         trainer.fit()
 
 
-@pytest.mark.parametrize("copies", [0, 2])
-def test_resume_continues_exactly(stage2_dataset, copies):
+@pytest.mark.parametrize(("copies", "ema_decay"), [(0, 0.0), (2, 0.0), (0, 0.9)])
+def test_resume_continues_exactly(stage2_dataset, copies, ema_decay):
     """Three steps per epoch, resumed after the first epoch: bitwise the same as a straight run, also with
-    augmentation drawing a version of each slice per epoch."""
-    steps = {"batch_size": 1, "slices_per_epoch": 3, "epochs": 3, "warmup_steps": 2, "augment_copies": copies}
+    augmentation drawing a version of each slice per epoch, and with a moving average of the weights."""
+    steps = {
+        "batch_size": 1,
+        "slices_per_epoch": 3,
+        "epochs": 3,
+        "warmup_steps": 2,
+        "augment_copies": copies,
+        "ema_decay": ema_decay,
+    }
     straight = _trainer(stage2_dataset, run_name="straight", **steps)
     assert straight.steps_per_epoch == 3
     drawn = set()
@@ -140,6 +148,15 @@ def test_resume_continues_exactly(stage2_dataset, copies):
     resumed.fit()
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+    straight_average, resumed_average = straight.predicting_model.state_dict(), resumed.predicting_model.state_dict()
+    for (name, a), b in zip(straight_average.items(), resumed_average.values(), strict=True):
+        assert torch.equal(a, b), name
+    if ema_decay:
+        assert int(resumed.ema.n_averaged) == 9  # every step of the 3 epochs, across the resume
+        assert not torch.equal(
+            straight_average["mask_decoder.output_upscaling.0.weight"],
+            straight.model.state_dict()["mask_decoder.output_upscaling.0.weight"],
+        )
     assert straight.scheduler.get_last_lr() == resumed.scheduler.get_last_lr()
     rows = list(csv.DictReader((resumed.run_dir / "log.csv").open(encoding="utf-8")))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
@@ -157,6 +174,7 @@ def test_resume_continues_exactly(stage2_dataset, copies):
         ({"decoder": "joint"}, "--decoder: the run has 'per-target', now 'joint'"),
         ({"slice_context": 0}, "--slice-context: the run has 1, now 0"),
         ({"precision": "bf16"}, "--precision: the run has 'auto', now 'bf16'"),
+        ({"ema_decay": 0.99}, "--ema-decay: the run has 0.0, now 0.99"),
     ],
 )
 def test_resume_with_other_settings_is_refused_by_name(stage2_dataset, change, message):
@@ -240,6 +258,38 @@ def test_run_folder_and_best_checkpoint_by_validation_dice(stage2_dataset):
     # a checkpoint loads strictly into a fresh model
     fresh = ZeusSegmenter(SegmenterConfig(**best["segmenter"]))
     fresh.load_state_dict(best["model"], strict=True)
+
+
+def test_the_moving_average_is_what_validates_is_kept_and_predicts(stage2_dataset):
+    """With --ema-decay d, after steps giving trained weights w1, w2, w3 the average is w1, then
+    d * e + (1 - d) * w; best.pt's model holds it (what `zeus predict` loads), its trained weights beside it."""
+    decay = 0.5
+    trainer = _trainer(stage2_dataset, run_name="ema", epochs=1, slices_per_epoch=3, batch_size=1, ema_decay=decay)
+    name = "mask_decoder.output_upscaling.0.weight"
+    trained, step = [], trainer._step
+
+    def step_and_record(batch):
+        loss = step(batch)
+        trained.append(trainer.model.state_dict()[name].clone())
+        return loss
+
+    trainer._step = step_and_record
+    trainer.fit()
+    assert len(trained) == 3 and not torch.equal(trained[0], trained[2])
+    expected = trained[0]
+    for weights in trained[1:]:
+        expected = decay * expected + (1 - decay) * weights
+    average = trainer.predicting_model.state_dict()[name]
+    torch.testing.assert_close(average, expected, rtol=1e-6, atol=1e-7)
+    best = torch.load(trainer.run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    assert torch.equal(best["model"][name], average) and torch.equal(best["trained"][name], trained[-1])
+    assert best["ema_updates"] == 3
+    (row,) = trainer.run.read_log()
+    validated = trainer.validate(model=trainer.model)  # the log keeps the trained weights' Dice beside the average's
+    assert row["val_dice_trained"] == pytest.approx(float(np.nanmean(validated)), abs=1e-6)
+    assert row["val_dice"] == pytest.approx(float(np.nanmean(trainer.validate())), abs=1e-6)
+    predictor = Predictor.from_run(trainer.run_dir)
+    assert torch.equal(predictor.model.state_dict()[name], average)
 
 
 def test_unet_baseline_trains_on_the_same_slices_without_encoder_or_text(stage2_dataset):
