@@ -159,6 +159,7 @@ def test_an_ensemble_of_folds_predicts_each_case_with_the_members_that_did_not_t
     (html,) = build_reports([stage2_dataset.name], tmp_path / "reports")
     markdown = html.with_suffix(".md").read_text(encoding="utf-8")
     assert "`val` split (the split has no test set: each fold's validation cases, predicted out of fold)" in markdown
+    assert "## Results on the validation cases, out of fold" in markdown and "held-out test" not in markdown
 
 
 def test_members_must_share_data_encoder_and_instructions(stage2_dataset):

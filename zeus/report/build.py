@@ -86,7 +86,7 @@ def _markdown(dataset: str, runs: list[RunRecord], damaged: list[DamagedRun], fo
         f"at git revision {_code(git_revision())}. {len(runs)} run(s), {len(evaluated)} evaluated on the "
         f"{_code(split)} split{_OUT_OF_FOLD if split == 'val' else '.'}",
         _damaged(damaged),
-        _results(evaluated, targets, runs),
+        _results(evaluated, targets, runs, split),
         _comparison(evaluated),
         _text_ablation(plan, targets),
         _instruction_statistics(dataset, {r.tag for r in all_runs if r.tag}),
@@ -114,15 +114,21 @@ def _targets_of(runs: list[RunRecord]) -> list[str]:
     return list(runs[0].evaluation.classes) if runs else []
 
 
-def _results(evaluated: list[RunRecord], targets: list[str], runs: list[RunRecord]) -> str:
+def _results(evaluated: list[RunRecord], targets: list[str], runs: list[RunRecord], split: str) -> str:
     missing = [r for r in runs if not r.evaluation]
-    lines = ["## Results on the held-out test cases"]
+    if split == "val":
+        lines = ["## Results on the validation cases, out of fold"]
+        over = "each run's validation cases (a fold's run: its fold's; an ensemble of the folds: all"
+        cases = max((r.evaluation.source.case_ids for r in evaluated), key=len, default=[])
+        over = f"{over} {len(cases)}, {', '.join(cases)})"
+    else:
+        lines = ["## Results on the held-out test cases"]
+        cases = evaluated[0].evaluation.source.case_ids if evaluated else []
+        over = f"the {len(cases)} test case(s) ({', '.join(cases)})"
     if evaluated:
-        cases = evaluated[0].evaluation.source.case_ids
         lines.append(
-            f"3-D scores in the original geometry of each scan, mean ± std over the {len(cases)} test case(s) "
-            f"({', '.join(cases)}); a class absent from both prediction and ground truth of a case is undefined "
-            "and left out (see the definitions at the end)."
+            f"3-D scores in the original geometry of each scan, mean ± std over {over}; a class absent from both "
+            "prediction and ground truth of a case is undefined and left out (see the definitions at the end)."
         )
         for metric, title in METRIC_TITLES.items():
             digits = 1 if metric == "hd95" else 3
