@@ -26,7 +26,8 @@ class RunRecord:
     folder: RunFolder
     info: RunInfo  # config.json
     log: list[dict[str, float | None]]  # log.csv rows
-    evaluation: EvaluationSummary | None  # evaluation/test/summary.json
+    evaluation: EvaluationSummary | None  # evaluation/<split>/summary.json
+    split: str  # the split evaluated: reported_split of the dataset
     postprocessing: Postprocessing | None = None  # postprocessing.json: what the evaluation applied
 
     @property
@@ -125,7 +126,9 @@ def collect_runs(dataset: str) -> tuple[list[RunRecord], list[DamagedRun]]:
     for run in list_runs(dataset):
         try:
             evaluation = run.evaluation(split).read_summary()
-            records.append(RunRecord(run, run.read_info(), run.read_log(), evaluation, run.read_postprocessing()))
+            records.append(
+                RunRecord(run, run.read_info(), run.read_log(), evaluation, split, run.read_postprocessing())
+            )
         except ZeusError as e:
             log.warning("report: leaving out run %s: %s", run.path, e)
             damaged.append(DamagedRun(run.name, str(e)))
