@@ -54,5 +54,9 @@ def test_the_reference_runs_evaluates_and_is_labelled_as_using_ground_truth(stag
         predict_scan(result.run_dir, [str(stage2_dataset.root / "imagesTr" / f"{case}.nii.gz")], tmp_path / "out")
     (html,) = build_reports([stage2_dataset.name], tmp_path / "reports")
     markdown = html.with_suffix(".md").read_text(encoding="utf-8")
-    row = next(line for line in markdown.splitlines() if line.startswith("| LiteMedSAM + ground-truth boxes |"))
+    row = next(
+        line
+        for line in markdown.splitlines()
+        if line.startswith(f"| LiteMedSAM + ground-truth boxes (`{result.run_dir.name}`) |")
+    )
     assert "uses the ground truth at test time" in markdown and np.isfinite(float(row.split("|")[2].split()[0]))

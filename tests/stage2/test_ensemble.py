@@ -160,6 +160,10 @@ def test_an_ensemble_of_folds_predicts_each_case_with_the_members_that_did_not_t
     markdown = html.with_suffix(".md").read_text(encoding="utf-8")
     assert "`val` split (the split has no test set: each fold's validation cases, predicted out of fold)" in markdown
     assert "## Results on the validation cases, out of fold" in markdown and "held-out test" not in markdown
+    # runs of one recipe (here two ensembles of the same folds) are told apart by their folder's name
+    dice = markdown.split("### DSC\n")[1].split("###")[0]
+    assert "| Zeus late / template (joint decoder), ensemble of 2 (`cv`) |" in dice
+    assert "| Zeus late / template (joint decoder), ensemble of 2 (`folds`) |" in dice
 
 
 def test_members_must_share_data_encoder_and_instructions(stage2_dataset):

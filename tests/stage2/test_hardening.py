@@ -168,7 +168,7 @@ def test_the_report_leaves_out_a_damaged_run_and_names_its_file(workspace, tmp_p
     markdown = _report(tmp_path)
     left_out = markdown.split("## Runs left out")[1].split("\n## ")[0]
     assert run.name.replace("_", "\\_") in left_out and "damaged" in left_out
-    assert "| Zeus late / template |" in markdown  # the healthy copy is still reported
+    assert "| Zeus late / template (`healthy`) |" in markdown  # the healthy copy is still reported
 
 
 def test_a_half_written_stage_one_log_line_is_skipped(workspace, tmp_path):

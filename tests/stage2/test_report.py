@@ -31,7 +31,7 @@ def test_report_tables_hold_the_evaluated_numbers_and_their_provenance(report):
     assert html.parent.name == dataset.name
     summary = json.loads((run / "evaluation" / "test" / "summary.json").read_text(encoding="utf-8"))
     liver = summary["classes"]["liver"]["volume"]
-    row = next(line for line in markdown.splitlines() if line.startswith("| Zeus late / template |"))
+    row = next(line for line in markdown.splitlines() if line.startswith(f"| Zeus late / template (`{run.name}`) |"))
     assert f"{liver['dice']['mean']:.3f} ± {liver['dice']['std']:.3f}" in row
     for heading in ("### DSC", "### IoU", "### HD95 (mm)", "## Baselines and ablations", "## Model size", "## Costs"):
         assert heading in markdown
@@ -87,10 +87,14 @@ def test_baseline_beside_zeus_in_the_comparison(evaluated_run, tmp_path, monkeyp
     provenance = markdown.split("## Provenance")[1]
     rows = {line.split("|")[1].strip(): line for line in provenance.splitlines() if line.startswith("| ")}
     applied = "largest component: liver, spleen; box refinement: spleen"
-    assert rows["Zeus late / template"].rstrip(" |").endswith(applied)
-    assert rows["U-Net (from scratch)"].rstrip(" |").endswith("none")
+    assert rows["Zeus late / template (`late__text-template__fold0`)"].rstrip(" |").endswith(applied)
+    assert rows[f"U-Net (from scratch) (`{trainer.run_dir.name}`)"].rstrip(" |").endswith("none")
     comparison = markdown.split("## Baselines and ablations")[1].split("##")[0]
-    unet = next(line for line in comparison.splitlines() if line.startswith("| U-Net (from scratch) |"))
+    unet = next(
+        line
+        for line in comparison.splitlines()
+        if line.startswith(f"| U-Net (from scratch) (`{trainer.run_dir.name}`) |")
+    )
     zeus_summary = (
         workspace / "runs" / dataset.name / "late__text-template__fold0" / "evaluation" / "test" / "summary.json"
     )

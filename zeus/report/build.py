@@ -135,7 +135,7 @@ def _results(evaluated: list[RunRecord], targets: list[str], runs: list[RunRecor
             header = ["Run", *targets, "foreground mean"]
             rows = [
                 [
-                    r.label,
+                    _run(r),
                     *(format_stats(r.evaluation.classes[t].volume[metric], digits) for t in targets),
                     format_number(r.evaluation.foreground_mean["volume"][metric], digits),
                 ]
@@ -143,7 +143,7 @@ def _results(evaluated: list[RunRecord], targets: list[str], runs: list[RunRecor
             ]
             lines += [f"### {title}", _table(header, rows)]
         rows = [
-            [r.label, *(format_stats(r.evaluation.classes[t].slice["dice"], 3) for t in targets)] for r in evaluated
+            [_run(r), *(format_stats(r.evaluation.classes[t].slice["dice"], 3) for t in targets)] for r in evaluated
         ]
         note = "Slices where the class is in neither mask are left out."
         lines += ["### DSC per 2-D slice", note, _table(["Run", *targets], rows)]
@@ -165,8 +165,9 @@ def _comparison(evaluated: list[RunRecord]) -> str:
         text = r.train.text if r.model == "zeus" else "-"
         fusion = r.train.fusion if r.model == "zeus" else "-"
         scores = [format_number(fg["dice"], 3), format_number(fg["iou"], 3), format_number(fg["hd95"], 1)]
-        rows.append([r.label, r.role, text, fusion, *scores, delta])
-    header = ["Run", "role", "text", "fusion", "DSC", "mIoU", "HD95 (mm)", f"Δ DSC vs {reference.label}"]
+        rows.append([_run(r), r.role, text, fusion, *scores, delta])
+    versus = f"Δ DSC vs {reference.label} ({reference.name})"
+    header = ["Run", "role", "text", "fusion", "DSC", "mIoU", "HD95 (mm)", versus]
     return "## Baselines and ablations\n\nForeground means of the table above, side by side.\n\n" + _table(header, rows)
 
 
@@ -251,7 +252,7 @@ def _parameters(runs: list[RunRecord]) -> str:
     for r in runs:
         p = r.parameters
         share = f"{100 * p['trainable'] / p['total']:.1f} %" if p["total"] else ""
-        rows.append([r.label, f"{p['trainable']:,}", f"{p['total']:,}", share])
+        rows.append([_run(r), f"{p['trainable']:,}", f"{p['total']:,}", share])
     note = "Total counts the frozen image encoder, the frozen prompt encoder and everything trained."
     return "## Model size\n\n" + note + "\n\n" + _table(["Run", "trainable", "total", "trainable share"], rows)
 
@@ -290,7 +291,7 @@ def _costs(dataset: str, runs: list[RunRecord]) -> str:
         per_case = r.evaluation.source.predict_seconds_per_case if r.evaluation else None
         rows.append(
             [
-                r.label,
+                _run(r),
                 str(epochs),
                 f"{r.train_seconds:.0f} s" if epochs else "",  # an ensemble trains nothing itself
                 f"{r.train_seconds / epochs:.0f} s" if epochs else "",
@@ -339,7 +340,7 @@ def _qualitative(evaluated: list[RunRecord], folder: Path) -> str:
     except ZeusError as e:  # e.g. the preprocessed cases were deleted: the rest of the report still stands
         return f"## Qualitative results\n\nOverlays unavailable: {_text(e)}"
     lines = [
-        f"## Qualitative results: {best.label}",
+        f"## Qualitative results: {_text(best.label)} ({_code(best.name)})",
         "Test slices per class, the largest and a smaller cross-section: ground truth (green), prediction "
         "(red), and the instruction the model was given for the reference modality.",
     ]
@@ -411,7 +412,7 @@ def _provenance(runs: list[RunRecord]) -> str:
         checkpoint = (r.evaluation.source.checkpoint if r.evaluation else None) or "not evaluated"
         rows.append(
             [
-                r.label,
+                _run(r),
                 _code(r.folder.path),
                 _code(r.config_hash),
                 _code(r.info.git_revision),
@@ -467,6 +468,12 @@ class Markdown(str):
 def _text(value: object) -> str:
     """A value from data (a label name, a case id, an error message) as literal text in Markdown."""
     return re.sub(r"([\\`*_\[\]<>|&])", r"\\\1", str(value)).replace("\n", " ")
+
+
+def _run(run: RunRecord) -> Markdown:
+    """A run's table cell: what it is and its folder's name, which tells apart runs of the same recipe (folds,
+    seeds, ensembles)."""
+    return Markdown(f"{_text(run.label)} ({_code(run.name)})")
 
 
 def _code(value: object) -> Markdown:
