@@ -118,9 +118,11 @@ def _results(evaluated: list[RunRecord], targets: list[str], runs: list[RunRecor
     missing = [r for r in runs if not r.evaluation]
     if split == "val":
         lines = ["## Results on the validation cases, out of fold"]
-        over = "each run's validation cases (a fold's run: its fold's; an ensemble of the folds: all"
         cases = max((r.evaluation.source.case_ids for r in evaluated), key=len, default=[])
-        over = f"{over} {len(cases)}, {', '.join(cases)})"
+        over = (
+            f"each run's validation cases (a fold's run: its fold's; an ensemble of the folds: all {len(cases)}, "
+            f"{', '.join(cases)})"
+        )
     else:
         lines = ["## Results on the held-out test cases"]
         cases = evaluated[0].evaluation.source.case_ids if evaluated else []
@@ -166,8 +168,7 @@ def _comparison(evaluated: list[RunRecord]) -> str:
         fusion = r.train.fusion if r.model == "zeus" else "-"
         scores = [format_number(fg["dice"], 3), format_number(fg["iou"], 3), format_number(fg["hd95"], 1)]
         rows.append([_run(r), r.role, text, fusion, *scores, delta])
-    versus = f"Δ DSC vs {reference.label} ({reference.name})"
-    header = ["Run", "role", "text", "fusion", "DSC", "mIoU", "HD95 (mm)", versus]
+    header = ["Run", "role", "text", "fusion", "DSC", "mIoU", "HD95 (mm)", f"Δ DSC vs {reference.title}"]
     return "## Baselines and ablations\n\nForeground means of the table above, side by side.\n\n" + _table(header, rows)
 
 
@@ -471,8 +472,7 @@ def _text(value: object) -> str:
 
 
 def _run(run: RunRecord) -> Markdown:
-    """A run's table cell: what it is and its folder's name, which tells apart runs of the same recipe (folds,
-    seeds, ensembles)."""
+    """A run's table cell: its ``title``, the folder's name set as code."""
     return Markdown(f"{_text(run.label)} ({_code(run.name)})")
 
 

@@ -54,6 +54,11 @@ class RunRecord:
         return f"Zeus {self.train.fusion} / {self.train.text}{decoder}{ensemble}"
 
     @property
+    def title(self) -> str:
+        """The label and the run folder's name, which tells apart runs of one recipe (folds, seeds, ensembles)."""
+        return f"{self.label} ({self.name})"
+
+    @property
     def role(self) -> str:
         if self.model == "unet":
             return "baseline: 2-D U-Net from scratch, no SAM, no text"

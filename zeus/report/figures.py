@@ -27,9 +27,9 @@ def training_curves(runs: list[RunRecord], path: Path) -> Path | None:
     loss_ax, dice_ax = fig.subplots(1, 2)
     for run in logged:
         epochs = [row["epoch"] for row in run.log]
-        loss_ax.plot(epochs, [row["train_loss"] for row in run.log], marker="o", label=f"{run.label} ({run.name})")
+        loss_ax.plot(epochs, [row["train_loss"] for row in run.log], marker="o", label=run.title)
         dice = [np.nan if row.get("val_dice") is None else row["val_dice"] for row in run.log]
-        dice_ax.plot(epochs, dice, marker="o", label=f"{run.label} ({run.name})")
+        dice_ax.plot(epochs, dice, marker="o", label=run.title)
     loss_ax.set(title="training loss (Dice + CE)", xlabel="epoch", ylabel="loss")
     dice_ax.set(title="validation Dice (mean over classes)", xlabel="epoch", ylabel="Dice", ylim=(0, 1))
     for ax in (loss_ax, dice_ax):
