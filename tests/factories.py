@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +168,22 @@ def write_tiny_vlm(folder: Path) -> Path:
     )
     processor.save_pretrained(folder)
     return folder
+
+
+def private_workspace(home: Path, dest: Path) -> None:
+    """A copy of the session's workspace for one test. The image embeddings (most of its 220 MB) are
+    hard-linked: the feature cache only ever replaces a file by an atomic rename and reads it through a
+    read-only memory map, so a link is never written through. Everything else is copied, because tests damage
+    shards, splits and checkpoints in place."""
+    features = home / "features"
+
+    def link_or_copy(src: str, dst: str) -> str:
+        if Path(src).is_relative_to(features):
+            try:
+                os.link(src, dst)
+                return dst
+            except OSError:  # a filesystem without hard links
+                pass
+        return shutil.copy2(src, dst)
+
+    shutil.copytree(home, dest, copy_function=link_or_copy)

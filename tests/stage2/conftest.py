@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
@@ -13,7 +12,7 @@ from stage1_instruct.runners import run_local
 from stage2_segment.config import RECIPE_AUGMENT_COPIES
 from stage2_segment.features import FeatureCache
 from stage2_segment.modeling.encoders import FrozenImageEncoder
-from tests.factories import write_msd
+from tests.factories import private_workspace, write_msd
 
 # 3 cases (train / val / test) of 3 slices at 256 px; image embeddings (and the default augmented copies) are
 # computed once per test session.
@@ -49,7 +48,7 @@ def stage2_session(tmp_path_factory):
 def stage2_dataset(stage2_session, tmp_path, monkeypatch):
     """The session's dataset with a private copy of its workspace, so each test writes its own runs."""
     home, dataset = stage2_session
-    shutil.copytree(home, tmp_path / "home")
+    private_workspace(home, tmp_path / "home")
     monkeypatch.setenv("ZEUS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return dataset
@@ -66,7 +65,7 @@ def evaluated_run(stage2_session, tmp_path_factory):
 
     home, dataset = stage2_session
     workspace = tmp_path_factory.mktemp("evaluated") / "home"
-    shutil.copytree(home, workspace)
+    private_workspace(home, workspace)
     old = os.environ.get("ZEUS_HOME")
     os.environ["ZEUS_HOME"] = str(workspace)
     try:

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from shared.instructions import PRESETS
 from shared.splits import load_splits
+from tests.factories import private_workspace
 from zeus.cli import app
 
 runner = CliRunner()
@@ -40,7 +41,7 @@ def _invoke(*args):
 def workspace(evaluated_run, tmp_path, monkeypatch):
     """A private copy of the evaluated run's workspace: (home, dataset, run folder)."""
     home, dataset, run = evaluated_run
-    shutil.copytree(home, tmp_path / "home")
+    private_workspace(home, tmp_path / "home")
     monkeypatch.setenv("ZEUS_HOME", str(tmp_path / "home"))
     return tmp_path / "home", dataset, tmp_path / "home" / run.relative_to(home)
 

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from shared.instructions import PRESETS
 from shared.splits import load_splits
+from tests.factories import private_workspace
 from zeus.cli import app
 
 TAG = PRESETS["template"].tag
@@ -16,7 +17,7 @@ TAG = PRESETS["template"].tag
 
 def test_predict_a_new_scan_to_nifti_on_its_own_grid(evaluated_run, tmp_path, monkeypatch):
     workspace, dataset, run = evaluated_run
-    shutil.copytree(workspace, tmp_path / "home")
+    private_workspace(workspace, tmp_path / "home")
     monkeypatch.setenv("ZEUS_HOME", str(tmp_path / "home"))
     run = tmp_path / "home" / run.relative_to(workspace)
     (case,) = load_splits(dataset.name).test
@@ -67,7 +68,7 @@ def test_predict_refuses_a_scan_with_other_modalities(evaluated_run, tmp_path, m
 
 def test_predict_a_folder_of_scans_loads_once_and_skips_what_exists(evaluated_run, tmp_path, monkeypatch):
     workspace, dataset, run = evaluated_run
-    shutil.copytree(workspace, tmp_path / "home")
+    private_workspace(workspace, tmp_path / "home")
     monkeypatch.setenv("ZEUS_HOME", str(tmp_path / "home"))
     run = tmp_path / "home" / run.relative_to(workspace)
     images = tmp_path / "imagesTs"

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from stage2_segment.config import TrainConfig
 from stage2_segment.evaluate import evaluate_run
 from stage2_segment.runs import Postprocessing, RunFolder, pending_evaluations
 from stage2_segment.train import Trainer, prepare_training_data
+from tests.factories import private_workspace
 from zeus.report.browser import find_browser, screenshot
 from zeus.report.build import build_reports
 
@@ -70,7 +70,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 
 def test_baseline_beside_zeus_in_the_comparison(evaluated_run, tmp_path, monkeypatch):
     workspace, dataset, _ = evaluated_run
-    shutil.copytree(workspace, tmp_path / "home")
+    private_workspace(workspace, tmp_path / "home")
     monkeypatch.setenv("ZEUS_HOME", str(tmp_path / "home"))
     config = TrainConfig(model="unet", epochs=1, batch_size=2, lr=1e-3, slices_per_epoch=2, warmup_steps=1)
     trainer = Trainer(prepare_training_data(dataset, config, progress=False), config, progress=False)
