@@ -54,13 +54,19 @@ class Request:
     body_position: float | None = None  # the slice's place between the first and last slice with body
 
 
-def _body_position(body_per_slice: np.ndarray, z: int) -> float | None:
-    """Where slice ``z`` lies between the first (0) and last (1) slice with body; None without body."""
-    found = np.flatnonzero(body_per_slice)
-    if not body_per_slice[z] or found.size == 0:
-        return None
+def body_levels(volume: np.ndarray, valid_hw: tuple[int, int]) -> list[float | None]:
+    """Per slice of one modality's ``[Z, S, S]`` volume, where it lies between the first (0) and last (1) slice
+    with body tissue; None for a slice without body."""
+    h, w = valid_hw
+    bodies = np.array([has_body(volume[z, :h, :w]) for z in range(volume.shape[0])])
+    found = np.flatnonzero(bodies)
+    if found.size == 0:
+        return [None] * len(bodies)
     first, last = int(found[0]), int(found[-1])
-    return round((z - first) / (last - first), 4) if last > first else 0.5
+    return [
+        (round((z - first) / (last - first), 4) if last > first else 0.5) if body else None
+        for z, body in enumerate(bodies)
+    ]
 
 
 @dataclass
@@ -118,16 +124,13 @@ class InstructionGenerator:
     def plan(self, case: PreprocessedCase) -> list[Request]:
         manifest = self.dataset.manifest
         n_slices = case.image.shape[1]
-        h, w = case.meta.transform.resized
-        bodies = np.array(
-            [[has_body(case.image[c, z, :h, :w]) for z in range(n_slices)] for c in range(len(manifest.modalities))]
-        )
+        levels = [body_levels(case.image[c], case.meta.transform.resized) for c in range(len(manifest.modalities))]
         requests = []
         for z in range(n_slices):
             position = round(z / (n_slices - 1), 4) if n_slices > 1 else 0.5
             per_target: dict[str, list[str]] = {t: [] for t in manifest.targets}
             for c, modality in enumerate(manifest.modalities):
-                level = _body_position(bodies[c], z)
+                level = levels[c][z]
                 content = hashlib.sha256(case.image[c, z].tobytes()).hexdigest()
                 for target, value in manifest.targets.items():
                     key = _hash(
@@ -148,7 +151,7 @@ class InstructionGenerator:
                             target,
                             value,
                             key,
-                            bool(bodies[c, z]),
+                            level is not None,
                             c,
                             body_position=level,
                         )
@@ -164,7 +167,7 @@ class InstructionGenerator:
                         target,
                         value,
                         key,
-                        bool(bodies[:, z].any()),
+                        any(levels[c][z] is not None for c in range(len(manifest.modalities))),
                         components=tuple(per_target[target]),
                     )
                 )
