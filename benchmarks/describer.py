@@ -6,11 +6,12 @@ body tissue:
 
 - ``inside``: of the slices where it matches a region, the share whose region lies mostly (>= 50 % of its
   pixels) inside the target's label;
+- ``of them good fits``: the same share among the matches with a good fit (``GOOD_FIT``: "fits ... well");
 - ``found``: of the slices that hold the target, the share that get such an inside match;
 - ``false``: of the slices without the target, the share that still get a match (a region the text then
   describes as the target);
-- ``wrong``: where a match lies mostly outside the target, what it covers instead (another target's label,
-  or unlabelled tissue).
+- ``matches mostly elsewhere``: where a match lies mostly outside the target, what it covers instead
+  (another target's label, or unlabelled tissue).
 
     python benchmarks/describer.py ../shared/data/chaos_mr_t2spir_dev
 """
