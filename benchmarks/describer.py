@@ -27,7 +27,7 @@ import numpy as np
 def grade(dataset: str) -> dict[str, Counter]:
     from shared.cases import CaseCache
     from shared.manifest import resolve_dataset
-    from stage1_instruct.describe.image_facts import GOOD_FIT, match_region
+    from stage1_instruct.describe.image_facts import FAIR_FIT, GOOD_FIT, match_region
     from stage1_instruct.describe.regions import measure
     from stage1_instruct.generate import body_levels
     from stage1_instruct.knowledge import knowledge_for
@@ -52,8 +52,8 @@ def grade(dataset: str) -> dict[str, Counter]:
                 for target, value in targets.items():
                     present = bool((label == value).any())
                     counts[target]["slices with target" if present else "slices without target"] += 1
-                    region, fit = match_region(regions, knowledge_for(target), modality, level)
-                    if region is None:
+                    region, fit = match_region(regions, knowledge_for(target), modality)
+                    if region is None or fit < FAIR_FIT:
                         continue
                     pixels = label[regions.components == regions.candidates.index(region) + 1]
                     share = np.bincount(pixels, minlength=max(targets.values()) + 1) / max(pixels.size, 1)

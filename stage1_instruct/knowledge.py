@@ -86,20 +86,11 @@ def name_key(name: str) -> str:
 
 
 @cache
-def _files() -> dict[str, dict[str, dict]]:
-    """Knowledge file stem -> its entries by name."""
-    return {
-        path.stem: json.loads(path.read_text(encoding="utf-8"))["targets"]
-        for path in sorted(KNOWLEDGE_DIR.glob("*.json"))
-    }
-
-
-@cache
 def _spellings() -> tuple[tuple[str, str, dict], ...]:
     """(spelling, entry name, entry) for every entry name and alias of every knowledge file."""
     out = []
-    for entries in _files().values():
-        for name, entry in entries.items():
+    for path in sorted(KNOWLEDGE_DIR.glob("*.json")):
+        for name, entry in json.loads(path.read_text(encoding="utf-8"))["targets"].items():
             out.extend((spelling, name, entry) for spelling in (name, *entry.get("aliases", ())))
     return tuple(out)
 
@@ -135,16 +126,6 @@ def knowledge_for(target: str) -> TargetKnowledge:
         if expect
         else None,
     )
-
-
-def rivals(target: str) -> tuple[TargetKnowledge, ...]:
-    """The target's entry and every other entry of its knowledge file with a region prior, the target's first:
-    the structures a slice's candidate regions are shared out between (a region is one organ, not two)."""
-    known = knowledge_for(target)
-    if known.region is None:
-        return (known,)
-    entries = next(e for e in _files().values() if e.get(known.entry) is _index()[name_key(target)][1])
-    return (known, *(knowledge_for(n) for n, e in entries.items() if n != known.entry and e.get("expect")))
 
 
 def organ_names() -> list[tuple[str, str]]:

@@ -45,7 +45,7 @@ def test_image_facts_depend_on_target_modality_and_pixels(slice_items):
     assert "upper third" in by["T2", "liver"]["level"]
     blank = DescribeItem(np.zeros((64, 64), np.float32), (53, 64), "T2", "T2 MRI", "liver", 0.5)
     assert not has_body(blank.crop()) and describer.describe([blank])[0]["visible"] == "no"
-    assert describer.model_id.startswith("image-facts-v3/knowledge-")
+    assert describer.model_id.startswith("image-facts-v2/knowledge-")
 
 
 def _instruct_items(slice_items):

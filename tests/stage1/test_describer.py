@@ -3,28 +3,17 @@ fits each target; instructions keep those facts, and an LLM instruction that dro
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
 from shared.instructions import UNION
 from stage1_instruct.describe import DescribeItem, description_text, llm_facts
-from stage1_instruct.describe.image_facts import (
-    FAIR_FIT,
-    OFF_LEVEL,
-    ImageFactsDescriber,
-    match_region,
-    region_fit,
-    target_fit,
-    typicality,
-)
+from stage1_instruct.describe.image_facts import ImageFactsDescriber
 from stage1_instruct.describe.regions import measure
 from stage1_instruct.generate import body_levels
 from stage1_instruct.instruct import InstructItem
 from stage1_instruct.instruct.faithfulness import faithfulness_problems
 from stage1_instruct.instruct.template import template_instruction
-from stage1_instruct.knowledge import knowledge_for
 
 SIZE = 128
 
@@ -86,45 +75,6 @@ def test_the_level_is_taken_within_the_body_extent():
     empty = np.zeros_like(image)
     volume = np.stack([empty, image, image, image, empty])
     assert body_levels(volume, image.shape) == [None, 0.0, 0.5, 1.0, None]
-
-
-def two_blobs() -> np.ndarray:
-    """The phantom body with two bright blobs on the patient's left: a small one beside the spine where the
-    left kidney lies (body x 0.4, y 0.3) and a larger one further out (x 0.8, y 0)."""
-    kidney = phantom(0.4, 0.3, radius=6) > 0.5
-    return np.where(kidney, np.float32(0.85), phantom(0.8, 0.0, radius=10))
-
-
-def test_a_region_is_told_as_one_organ_only():
-    image = two_blobs()
-    regions = measure(image)
-    kidney_blob = min(regions.candidates, key=lambda r: abs(r.x - 0.4) + abs(r.y - 0.3))
-    # Both priors admit the blob beside the spine: alone, each organ would take it.
-    spleen, left_kidney = knowledge_for("spleen"), knowledge_for("left kidney")
-    assert target_fit(kidney_blob, spleen, "T2", 0.5) >= FAIR_FIT
-    assert target_fit(kidney_blob, left_kidney, "T2", 0.5) >= FAIR_FIT
-    # Shared out, the kidney gets the blob beside the spine and the spleen the one further out.
-    kidney_match, _ = match_region(regions, left_kidney, "T2", 0.5)
-    spleen_match, _ = match_region(regions, spleen, "T2", 0.5)
-    assert kidney_match == kidney_blob
-    assert spleen_match is not None and spleen_match.x == pytest.approx(0.8, abs=0.05)
-    # Without the outer blob the spleen is told that nothing fits, rather than the kidney's region.
-    only_kidney = measure(phantom(0.4, 0.3, radius=6))
-    assert match_region(only_kidney, left_kidney, "T2", 0.5)[0] is not None
-    assert match_region(only_kidney, spleen, "T2", 0.5) == (None, 0.0)
-
-
-def test_the_fit_prefers_the_typical_region_and_the_expected_level():
-    regions = measure(phantom(0.55))
-    blob = max(regions.candidates, key=lambda r: r.brightness)
-    spleen = knowledge_for("spleen")
-    inside, outside = target_fit(blob, spleen, "T2", 0.6), target_fit(blob, spleen, "T2", 0.1)
-    assert outside == pytest.approx(OFF_LEVEL * inside)
-    # Moved towards the edge of the prior's position range, or made ragged, the same blob is less typical.
-    typical = replace(blob, x=0.65, y=0.225)  # the middle of the spleen's position range
-    for atypical in (replace(typical, x=0.88), replace(typical, y=0.5), replace(typical, solidity=0.6)):
-        assert region_fit(atypical, spleen.region, "T2") == region_fit(typical, spleen.region, "T2") == 1.0
-        assert typicality(atypical, spleen.region, "T2") < 0.8 * typicality(typical, spleen.region, "T2")
 
 
 def _instruct_item(image, target, position=0.7, modality=None):
