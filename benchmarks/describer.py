@@ -37,6 +37,7 @@ def grade(dataset: str) -> dict[str, Counter]:
     cases.prepare(progress=False)
     targets = ds.manifest.targets
     names = {v: t for t, v in targets.items()}
+    known = {t: knowledge_for(t) for t in targets}
     counts: dict[str, Counter] = defaultdict(Counter)
     for case_id in cases.cached_case_ids():
         case = cases.load(case_id)
@@ -52,7 +53,7 @@ def grade(dataset: str) -> dict[str, Counter]:
                 for target, value in targets.items():
                     present = bool((label == value).any())
                     counts[target]["slices with target" if present else "slices without target"] += 1
-                    region, fit = match_region(regions, knowledge_for(target), modality)
+                    region, fit = match_region(regions, known[target], modality)
                     if region is None or fit < FAIR_FIT:
                         continue
                     pixels = label[regions.components == regions.candidates.index(region) + 1]

@@ -124,7 +124,7 @@ class InstructionGenerator:
     def plan(self, case: PreprocessedCase) -> list[Request]:
         manifest = self.dataset.manifest
         n_slices = case.image.shape[1]
-        levels = [body_levels(case.image[c], case.meta.transform.resized) for c in range(len(manifest.modalities))]
+        levels = [body_levels(volume, case.meta.transform.resized) for volume in case.image]  # per modality
         requests = []
         for z in range(n_slices):
             position = round(z / (n_slices - 1), 4) if n_slices > 1 else 0.5
@@ -167,7 +167,7 @@ class InstructionGenerator:
                         target,
                         value,
                         key,
-                        any(levels[c][z] is not None for c in range(len(manifest.modalities))),
+                        any(per_slice[z] is not None for per_slice in levels),
                         components=tuple(per_target[target]),
                     )
                 )
