@@ -80,7 +80,7 @@ train: setup
 	$(ZEUS) train $(DATASET) $(ROOT_OPT) --fusion $(FUSION) --text $(TEXT) --epochs $(EPOCHS)
 
 ## Does the text help? Both stage-1 stores, then every text mode x SEEDS seeds at equal settings, evaluated:
-## make ablation DATASET=chaos ROOT=/data/CHAOS [SEEDS=3 EPOCHS=10 ABLATE_OPTS="--decoder joint"]
+## make ablation DATASET=chaos ROOT=/data/CHAOS [SEEDS=3 EPOCHS=10 ABLATE_OPTS="--decoder joint --cross-validation --jobs 6"]
 SEEDS ?= 3
 ablation: setup
 	$(ZEUS) instructions $(DATASET) $(ROOT_OPT) --backend offline

@@ -210,15 +210,11 @@ def ensemble(
     the ensemble on the members' validation cases (each predicted by the members that did not train on it), then
     evaluated on the test cases (on the validation cases, out of fold, where the split has no test set). The
     ensemble is a run folder: `zeus predict --run` and `zeus report` take it like any run."""
-    from stage2_segment.ensemble import create_ensemble
-    from stage2_segment.evaluate import evaluate_run, format_summary
-    from stage2_segment.postprocess import decide_for_run
-    from stage2_segment.runs import reported_split
+    from stage2_segment.ensemble import ensemble_and_evaluate
+    from stage2_segment.evaluate import format_summary
 
-    folder = create_ensemble(runs, name)
-    decide_for_run(folder.path, root=root)
-    split = reported_split(folder.read_info().dataset)
-    typer.echo(format_summary(evaluate_run(folder.path, split=split, root=root)))
+    folder, summary = ensemble_and_evaluate(runs, name, root=root)
+    typer.echo(format_summary(summary))
     typer.echo(f"ensemble of {len(runs)} runs -> {folder.path}")
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,7 +30,10 @@ from shared.errors import ZeusError
 from shared.paths import check_name
 from shared.provenance import git_revision, package_versions
 from shared.splits import load_splits
-from stage2_segment.runs import BEST, RUN_PACKAGES, RunFolder, RunInfo
+from stage2_segment.runs import BEST, RUN_PACKAGES, RunFolder, RunInfo, reported_split
+
+if TYPE_CHECKING:
+    from stage2_segment.evaluate import EvaluationSummary
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +116,21 @@ def create_ensemble(members: list[Path], name: str) -> RunFolder:
     ensemble.write_info(info)
     log.info("ensemble %s of %s", ensemble.path, info.ensemble)
     return ensemble
+
+
+def ensemble_and_evaluate(
+    members: list[Path], name: str, *, root: Path | None = None, progress: bool = True
+) -> tuple[RunFolder, EvaluationSummary]:
+    """``zeus ensemble``: the ensemble's folder, its post-processing decided on the members' validation cases,
+    then its evaluation on the split the report shows (validation cases, out of fold, where there is no test
+    set). Returns the ensemble and its ``EvaluationSummary``."""
+    from stage2_segment.evaluate import evaluate_run
+    from stage2_segment.postprocess import decide_for_run
+
+    folder = create_ensemble(members, name)
+    decide_for_run(folder.path, root=root, progress=progress)
+    split = reported_split(folder.read_info().dataset)
+    return folder, evaluate_run(folder.path, split=split, root=root, progress=progress)
 
 
 def mean_probabilities(probabilities: list[np.ndarray]) -> np.ndarray:

@@ -4,11 +4,17 @@ Every run of an ablation shares the fold, epochs, data order and initialisation 
 differs: ``instructions`` (the stage-1 store), ``template`` (the no-LLM instructions), ``none`` (learned
 class tokens) and ``shuffled`` (the instructions, each slice given another slice's of the same case,
 modality and target: the class is kept, the slice-specific content destroyed). Each run is evaluated on the
-test cases. Stage 1 runs apart (``make ablation`` runs it first: training never loads an LLM). The plan is
-written to ``runs/<dataset>/ablation.json`` first and every run resumes, so an interrupted ablation continues
-where it stopped.
+test cases (on its validation cases where the split has none). Stage 1 runs apart (``make ablation`` runs it
+first: training never loads an LLM). The plan is written to ``runs/<dataset>/ablation.json`` first and every
+run resumes, so an interrupted ablation continues where it stopped.
 
-``compare`` turns the evaluations into the report's "Does the text help?" numbers: test Dice per class,
+With ``folds`` (``zeus ablate --cross-validation``) every (text, seed) trains every fold of the split, and the
+folds' ensemble (``stage2_segment.ensemble``) is what is compared: on a split without a test set
+(``zeus data prepare --test-fraction 0``) it predicts every case out of fold, so each patient counts, not the
+one or two of a test set. ``jobs`` trains that many runs at once in their own processes (one GPU holds several
+of these small decoders; on a CPU they share its cores).
+
+``compare`` turns the evaluations into the report's "Does the text help?" numbers: Dice per class,
 mean ± std over seeds, and paired per-case differences of each mode against ``none`` and ``shuffled``, with
 95 % intervals from a two-level bootstrap (cases, then seeds within each case).
 """
@@ -18,12 +24,17 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import multiprocessing
+import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from shared.atomic import write_json
 from shared.errors import ZeusError
@@ -31,7 +42,7 @@ from shared.instructions import PRESETS, InstructionStore
 from shared.manifest import Dataset
 from shared.workspace import runs_dir
 from stage2_segment.config import SHUFFLED, TEXT_MODES, TrainConfig
-from stage2_segment.runs import EVALUATED_SPLIT, RunFolder
+from stage2_segment.runs import RunFolder, reported_split
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +55,10 @@ FOREGROUND = "foreground mean"
 @dataclass(frozen=True)
 class AblationPlan:
     dataset: str
-    base: TrainConfig  # every setting but text, seed and run name
+    base: TrainConfig  # every setting but text, seed, fold and run name
     texts: tuple[str, ...] = TEXTS
     seeds: tuple[int, ...] = (0, 1, 2)
+    folds: tuple[int, ...] = ()  # cross-validation over these folds, ensembled per (text, seed); () = base.fold
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.texts if t not in TEXT_MODES]
@@ -56,24 +68,58 @@ class AblationPlan:
             raise ZeusError("an ablation needs at least two text modes and one seed")
         if self.base.model != "zeus":
             raise ZeusError("zeus ablate compares text modes of the Zeus model; --model must be zeus")
+        if len(self.folds) == 1:
+            raise ZeusError("a cross-validation ablation needs a split of 2 or more folds (zeus data prepare --folds)")
 
-    def run_name(self, text: str, seed: int) -> str:
+    @property
+    def cross_validation(self) -> bool:
+        return bool(self.folds)
+
+    def _prefix(self, text: str) -> str:
         decoder = "-joint" if self.base.decoder == "joint" else ""
-        return f"ablation__{self.base.fusion}{decoder}__text-{text}__fold{self.base.fold}__seed{seed}"
+        return f"ablation__{self.base.fusion}{decoder}__text-{text}"
 
-    def config(self, text: str, seed: int) -> TrainConfig:
-        return replace(self.base, text=text, seed=seed, run_name=self.run_name(text, seed))
+    def run_name(self, text: str, seed: int, fold: int | None = None) -> str:
+        return f"{self._prefix(text)}__fold{self.base.fold if fold is None else fold}__seed{seed}"
+
+    def ensemble_name(self, text: str, seed: int) -> str:
+        return f"{self._prefix(text)}__cv__seed{seed}"
+
+    def config(self, text: str, seed: int, fold: int | None = None) -> TrainConfig:
+        fold = self.base.fold if fold is None else fold
+        return replace(self.base, text=text, seed=seed, fold=fold, run_name=self.run_name(text, seed, fold))
+
+    def trainings(self) -> list[tuple[str, int, int, str]]:
+        """(text, seed, fold, run name) of every run to train, seed-major: every mode of a seed before the next."""
+        folds = self.folds or (self.base.fold,)
+        return [(t, s, k, self.run_name(t, s, k)) for s in self.seeds for t in self.texts for k in folds]
 
     def runs(self) -> list[tuple[str, int, str]]:
-        """(text, seed, run name), seed-major: every mode of a seed before the next seed."""
-        return [(t, s, self.run_name(t, s)) for s in self.seeds for t in self.texts]
+        """(text, seed, run name) of what is compared: each trained run, or in a cross-validation the ensemble of
+        its folds."""
+        if self.cross_validation:
+            return [(t, s, self.ensemble_name(t, s)) for s in self.seeds for t in self.texts]
+        return [(t, s, name) for t, s, _, name in self.trainings()]
+
+    def run_names(self) -> set[str]:
+        """Every run folder the ablation writes: its trainings and ensembles."""
+        return {name for *_, name in self.trainings()} | {name for *_, name in self.runs()}
 
     def to_json(self) -> dict:
-        return {"dataset": self.dataset, "base": self.base.to_json(), "texts": self.texts, "seeds": self.seeds}
+        return {
+            "dataset": self.dataset,
+            "base": self.base.to_json(),
+            "texts": self.texts,
+            "seeds": self.seeds,
+            "folds": self.folds,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> AblationPlan:
-        return cls(data["dataset"], TrainConfig.from_json(data["base"]), tuple(data["texts"]), tuple(data["seeds"]))
+        folds = tuple(data.get("folds", ()))  # a plan written before cross-validation ablations had none
+        return cls(
+            data["dataset"], TrainConfig.from_json(data["base"]), tuple(data["texts"]), tuple(data["seeds"]), folds
+        )
 
 
 def plan_path(dataset: str) -> Path:
@@ -90,23 +136,94 @@ def read_plan(dataset: str) -> AblationPlan | None:
         raise ZeusError(f"{path} is damaged ({type(e).__name__}: {e}): rerun `zeus ablate {dataset}`") from None
 
 
-def run_ablation(dataset: Dataset, plan: AblationPlan, *, progress: bool = True) -> list[Path]:
-    """Train and evaluate every run of the plan not done yet (stage 1 must have written the stores)."""
+def run_ablation(dataset: Dataset, plan: AblationPlan, *, progress: bool = True, jobs: int = 1) -> list[Path]:
+    """Train and evaluate every run of the plan not done yet (stage 1 must have written the stores), ``jobs``
+    at a time; in a cross-validation then ensemble each (text, seed)'s folds. Returns the compared folders."""
+    check_stores(dataset.name, plan)
+    if plan.cross_validation:
+        check_folds(dataset.name, plan)
+    write_json(plan_path(dataset.name), plan.to_json())
+    split = reported_split(dataset.name)
+    evaluate = not plan.cross_validation  # a cross-validation evaluates the ensembles, not each fold's run
+    todo = [
+        plan.config(text, seed, fold)
+        for text, seed, fold, name in plan.trainings()
+        if not _done(RunFolder.of(dataset.name, name), plan.base.epochs, split if evaluate else None)
+    ]
+    tasks = [partial(_train_and_evaluate, dataset, config, split if evaluate else None) for config in todo]
+    _run_all(tasks, [c.run_name for c in todo], jobs, progress)
+    if plan.cross_validation:
+        ensembles = [
+            (name, [RunFolder.of(dataset.name, plan.run_name(t, s, k)).path for k in plan.folds])
+            for t, s, name in plan.runs()
+            if not _done(RunFolder.of(dataset.name, name), None, split)
+        ]
+        tasks = [partial(_ensemble, dataset, members, name) for name, members in ensembles]
+        _run_all(tasks, [name for name, _ in ensembles], jobs, progress)
+    return [RunFolder.of(dataset.name, name).path for *_, name in plan.runs()]
+
+
+def _done(run: RunFolder, epochs: int | None, split: str | None) -> bool:
+    """Trained for ``epochs`` (None: an ensemble, made) and, unless ``split`` is None, evaluated since."""
+    made = run.is_run() and (epochs is None or len(run.read_log()) >= epochs)
+    return made and (split is None or not run.needs_evaluation(split))
+
+
+def _train_and_evaluate(dataset: Dataset, config: TrainConfig, split: str | None) -> None:
     from stage2_segment.evaluate import evaluate_run
     from stage2_segment.train import train
 
-    check_stores(dataset.name, plan)
-    write_json(plan_path(dataset.name), plan.to_json())
-    folders = []
-    for i, (text, seed, name) in enumerate(plan.runs(), 1):
-        run = RunFolder.of(dataset.name, name)
-        log.info("ablation run %d/%d: %s", i, len(plan.runs()), name)
-        if not _trained(run, plan.base.epochs):
-            train(dataset, plan.config(text, seed), resume=True, progress=progress)
-        if run.needs_evaluation(EVALUATED_SPLIT):
-            evaluate_run(run.path, progress=progress)
-        folders.append(run.path)
-    return folders
+    result = train(dataset, config, resume=True, progress=False)
+    if split is not None:
+        evaluate_run(result.run_dir, split=split, progress=False)
+
+
+def _ensemble(dataset: Dataset, members: list[Path], name: str) -> None:
+    from stage2_segment.ensemble import ensemble_and_evaluate
+
+    ensemble_and_evaluate(members, name, root=dataset.root, progress=False)
+
+
+def _run_all(tasks: list[Callable[[], None]], names: list[str], jobs: int, progress: bool) -> None:
+    """Run the tasks, ``jobs`` at a time in worker processes (in this one for 1), logging each as it ends; the
+    first failure stops the rest and is raised with the run it belongs to."""
+    if jobs == 1 or len(tasks) <= 1:
+        for i, (task, name) in enumerate(zip(tasks, names, strict=True), 1):
+            log.info("ablation: %s (%d/%d)", name, i, len(tasks))
+            task()
+        return
+    # spawn, not fork: CUDA and torch's thread pools do not survive a fork; the workers share the cores
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=torch_threads, initargs=(threads,)) as pool:
+        futures = {pool.submit(task): name for task, name in zip(tasks, names, strict=True)}
+        pending = tqdm(as_completed(futures), total=len(futures), desc="ablation runs", disable=not progress)
+        for future in pending:
+            name = futures[future]
+            try:
+                future.result()
+            except Exception as e:
+                pool.shutdown(cancel_futures=True)
+                raise ZeusError(f"zeus ablate: {name} failed: {e}") from e
+            log.info("ablation: %s done", name)
+
+
+def torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def check_folds(dataset: str, plan: AblationPlan) -> None:
+    """The plan's folds are the folds of the dataset's split, every one of them."""
+    from shared.splits import load_splits
+
+    splits = load_splits(dataset)
+    if plan.folds != tuple(range(len(splits.folds))):
+        raise ZeusError(
+            f"zeus ablate {dataset} --cross-validation: the plan has folds {list(plan.folds)}, the split "
+            f"{len(splits.folds)}: a plan made for another split; rerun `zeus ablate` with --cross-validation"
+        )
 
 
 def check_stores(dataset: str, plan: AblationPlan) -> None:
@@ -126,10 +243,6 @@ def check_stores(dataset: str, plan: AblationPlan) -> None:
             f"zeus ablate {dataset}: the text mode(s) {', '.join(missing.values())} read stage-1 stores with no "
             f"instructions yet ({', '.join(missing)}): run {commands} first (`make ablation` does)"
         )
-
-
-def _trained(run: RunFolder, epochs: int) -> bool:
-    return run.is_run() and len(run.read_log()) >= epochs
 
 
 # -- comparison ---------------------------------------------------------------------------------------------
@@ -152,14 +265,20 @@ class Comparison:
     ``paired[(text, baseline)][class]`` = the bootstrap interval of the per-case difference."""
 
     plan: AblationPlan
+    split: str  # where the compared runs were evaluated: test, or val (out of fold) where the split has no test set
     classes: tuple[str, ...]  # the targets, then FOREGROUND
     cases: tuple[str, ...]
     dice: dict[str, dict[str, list[float]]]
     paired: dict[tuple[str, str], dict[str, Interval]]
     missing: tuple[str, ...]  # runs of the plan not evaluated yet
 
+    @property
+    def case_kind(self) -> str:
+        return "test case(s)" if self.split == "test" else "case(s) predicted out of fold"
+
     def to_json(self) -> dict:
         return {
+            "split": self.split,
             "cases": self.cases,
             "dice": self.dice,
             "paired": {f"{a} vs {b}": {c: asdict(i) for c, i in v.items()} for (a, b), v in self.paired.items()},
@@ -167,10 +286,10 @@ class Comparison:
         }
 
 
-def _case_dice(run: RunFolder, classes: Sequence[str]) -> dict[str, dict[str, float]]:
-    """case -> class -> test Dice (the foreground mean over the classes defined for that case)."""
+def _case_dice(run: RunFolder, classes: Sequence[str], split: str) -> dict[str, dict[str, float]]:
+    """case -> class -> Dice on ``split`` (the foreground mean over the classes defined for that case)."""
     out: dict[str, dict[str, float]] = {}
-    with run.evaluation(EVALUATED_SPLIT).cases_csv.open(encoding="utf-8", newline="") as f:
+    with run.evaluation(split).cases_csv.open(encoding="utf-8", newline="") as f:
         for row in csv.DictReader(f):
             if row["dice"] not in ("", "nan"):
                 out.setdefault(row["case"], {})[row["class"]] = float(row["dice"])
@@ -197,14 +316,15 @@ def bootstrap_difference(diff: np.ndarray, *, resamples: int = 10_000, seed: int
 
 def compare(plan: AblationPlan, targets: Sequence[str]) -> Comparison:
     classes = (*targets, FOREGROUND)
+    split = reported_split(plan.dataset)
     scores: dict[tuple[str, int], dict[str, dict[str, float]]] = {}
     missing = []
     for text, seed, name in plan.runs():
         run = RunFolder.of(plan.dataset, name)
-        if not run.evaluation(EVALUATED_SPLIT).cases_csv.is_file() or run.needs_evaluation(EVALUATED_SPLIT):
+        if not run.evaluation(split).cases_csv.is_file() or run.needs_evaluation(split):
             missing.append(name)
             continue
-        scores[text, seed] = _case_dice(run, targets)
+        scores[text, seed] = _case_dice(run, targets, split)
     cases = tuple(sorted({c for s in scores.values() for c in s}))
     seeds = [s for s in plan.seeds if all((t, s) in scores for t in plan.texts)]  # complete seeds only
     dice = {
@@ -224,13 +344,14 @@ def compare(plan: AblationPlan, targets: Sequence[str]) -> Comparison:
                 )
                 if diff.size and not np.isnan(diff).all():
                     paired[text, baseline][c] = bootstrap_difference(diff)
-    return Comparison(plan, classes, cases, dice, paired, tuple(missing))
+    return Comparison(plan, split, classes, cases, dice, paired, tuple(missing))
 
 
 def conclusion(comparison: Comparison) -> str:
     """What the data support, in plain words, from the foreground-mean intervals."""
     sentences = []
-    n = f"{len(comparison.cases)} test case(s) x {len(next(iter(comparison.dice.values()))[FOREGROUND])} seed(s)"
+    seeds = len(next(iter(comparison.dice.values()))[FOREGROUND])
+    n = f"{len(comparison.cases)} {comparison.case_kind} x {seeds} seed(s)"
     for (text, baseline), intervals in comparison.paired.items():
         i = intervals.get(FOREGROUND)
         if i is None:

@@ -258,6 +258,17 @@ def ablate(
     fusion: Annotated[str, typer.Option(help="early, hybrid or late.")] = TrainConfig.fusion,
     decoder: Annotated[str, typer.Option(help="per-target or joint.")] = TrainConfig.decoder,
     fold: Annotated[int, typer.Option(min=0)] = TrainConfig.fold,
+    cross_validation: Annotated[
+        bool,
+        typer.Option(
+            "--cross-validation",
+            help="Train every fold of the split and compare the folds' ensembles (out of fold on every case where "
+            "the split has no test set: `zeus data prepare --test-fraction 0`); --fold is then unused.",
+        ),
+    ] = False,
+    jobs: Annotated[
+        int, typer.Option(min=1, help="Runs trained at once, each in its own process (several fit on one GPU).")
+    ] = 1,
     epochs: Annotated[int, typer.Option(min=1)] = TrainConfig.epochs,
     batch_size: Annotated[int, typer.Option(min=1)] = TrainConfig.batch_size,
     lr: Annotated[float, typer.Option()] = TrainConfig.lr,
@@ -269,11 +280,14 @@ def ablate(
     image_size: Annotated[int, typer.Option(help="Model slice size (pixels).")] = TrainConfig.image_size,
 ) -> None:
     """Does the text help? Train and evaluate every text mode with identical seeds, data order, epochs and fold
-    (resumable); `zeus report` then shows the comparison with bootstrap intervals."""
+    (or every fold, --cross-validation; resumable); `zeus report` then shows the comparison with bootstrap
+    intervals."""
     from shared.manifest import resolve_dataset
+    from shared.splits import load_splits
     from zeus.ablation import AblationPlan, compare, conclusion, run_ablation
 
     ds = resolve_dataset(dataset, root)
+    folds = tuple(range(len(load_splits(ds.name).folds))) if cross_validation else ()
     base = TrainConfig(
         instructions_tag=instructions_tag,
         fusion=fusion,
@@ -289,8 +303,9 @@ def ablate(
         precision=precision,
         image_size=image_size,
     )
-    plan = AblationPlan(ds.name, base, tuple(t.strip() for t in texts.split(",") if t.strip()), tuple(range(seeds)))
-    run_ablation(ds, plan)
+    modes = tuple(t.strip() for t in texts.split(",") if t.strip())
+    plan = AblationPlan(ds.name, base, modes, tuple(range(seeds)), folds)
+    run_ablation(ds, plan, jobs=jobs)
     typer.echo(conclusion(compare(plan, list(ds.manifest.targets))))
     typer.echo(f'`zeus report {ds.name}` shows the table (section "Does the text help?").')
 

@@ -10,15 +10,25 @@ import numpy as np
 import pytest
 import torch
 
+from shared.cases import CaseCache
 from shared.errors import ZeusError
 from shared.instructions import PRESETS, InstructionStore
+from shared.splits import ensure_splits
 from shared.workspace import instructions_dir
 from stage2_segment.config import TrainConfig
 from stage2_segment.instructions import InstructionTable, instruction_table
 from stage2_segment.losses import union_loss
 from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
 from stage2_segment.runs import RunFolder
-from zeus.ablation import FOREGROUND, AblationPlan, bootstrap_difference, compare, conclusion, run_ablation
+from zeus.ablation import (
+    FOREGROUND,
+    AblationPlan,
+    bootstrap_difference,
+    check_folds,
+    compare,
+    conclusion,
+    run_ablation,
+)
 
 TEMPLATE = PRESETS["template"].tag
 
@@ -148,6 +158,59 @@ def test_zeus_ablate_trains_every_mode_per_seed_and_the_report_compares_them(sta
     carried = markdown.split("## What the instructions carry")[1].split("\n## ")[0]
     assert f"`{TEMPLATE}`" in carried and re.search(r"\| template \d+ \|", carried)
     assert InstructionStore.of(stage2_dataset.name, TEMPLATE).case_ids()
+
+
+def test_a_cross_validation_plan_trains_every_fold_and_compares_one_ensemble_per_text_and_seed():
+    plan = AblationPlan("d", TrainConfig(decoder="joint"), ("template", "none"), (0, 1), folds=(0, 1, 2))
+    assert plan.cross_validation and len(plan.trainings()) == 2 * 2 * 3
+    assert plan.trainings()[:3] == [
+        ("template", 0, k, f"ablation__late-joint__text-template__fold{k}__seed0") for k in range(3)
+    ]
+    assert plan.runs()[0] == ("template", 0, "ablation__late-joint__text-template__cv__seed0")
+    assert plan.config("none", 1, 2).fold == 2 and plan.config("none", 1, 2).run_name == plan.run_name("none", 1, 2)
+    assert plan.run_names() == {n for *_, n in plan.trainings()} | {n for *_, n in plan.runs()}
+    assert AblationPlan.from_json(plan.to_json()) == plan
+    # a plan written before cross-validation ablations reads as a single-fold one
+    single = AblationPlan.from_json({k: v for k, v in plan.to_json().items() if k != "folds"})
+    assert not single.cross_validation and [n for *_, n in single.runs()] == [n for *_, n in single.trainings()]
+    with pytest.raises(ZeusError, match="2 or more folds"):
+        AblationPlan("d", TrainConfig(), ("template", "none"), (0,), folds=(0,))
+
+
+def test_a_cross_validation_plan_for_another_split_is_refused(stage2_dataset):
+    plan = AblationPlan(stage2_dataset.name, TrainConfig(), ("template", "none"), (0,), folds=(0, 1, 2, 3))
+    with pytest.raises(ZeusError, match="run `zeus data prepare zeusdemo` first"):
+        check_folds(stage2_dataset.name, plan)
+    ensure_splits(stage2_dataset.name, CaseCache(stage2_dataset, 256).cached_case_ids(), folds=3, test_fraction=0)
+    with pytest.raises(ZeusError, match=r"folds \[0, 1, 2, 3\], the split 3"):
+        check_folds(stage2_dataset.name, plan)
+
+
+@pytest.mark.slow
+def test_a_cross_validation_ablation_trains_folds_in_parallel_and_compares_every_case_out_of_fold(stage2_dataset):
+    name = stage2_dataset.name
+    cases = CaseCache(stage2_dataset, 256).cached_case_ids()
+    ensure_splits(name, cases, folds=3, test_fraction=0, overwrite=True)  # 3 folds of 2 training / 1 validation case
+    base = TrainConfig(decoder="joint", epochs=1, slices_per_epoch=2, warmup_steps=1)
+    plan = AblationPlan(name, base, ("template", "none"), (0,), folds=(0, 1, 2))
+    folders = run_ablation(stage2_dataset, plan, progress=False, jobs=2)
+
+    assert [f.name for f in folders] == [plan.ensemble_name(t, 0) for t in plan.texts]
+    for text, folder in zip(plan.texts, folders, strict=True):
+        info = RunFolder(folder).read_info()
+        assert info.ensemble == [plan.run_name(text, 0, k) for k in range(3)]
+        assert sorted(info.val_cases) == sorted(cases)  # each case validated by the fold that did not train on it
+    members = [RunFolder.of(name, n).read_info().train for *_, n in plan.trainings()]
+    assert [(c.text, c.fold) for c in members] == [(t, k) for t in plan.texts for k in range(3)]
+    comparison = compare(plan, list(stage2_dataset.manifest.targets))
+    assert comparison.split == "val" and comparison.cases == tuple(sorted(cases)) and not comparison.missing
+    assert set(comparison.paired) == {("template", "none")}
+    assert "3 case(s) predicted out of fold x 1 seed(s)" in conclusion(comparison)
+    # A rerun finds every fold and ensemble done.
+    summaries = [RunFolder(f).evaluation("val").summary_json for f in folders]
+    mtimes = [p.stat().st_mtime_ns for p in summaries]
+    run_ablation(stage2_dataset, plan, progress=False, jobs=2)
+    assert [p.stat().st_mtime_ns for p in summaries] == mtimes
 
 
 def test_no_text_reads_no_store_whatever_the_tag():

@@ -74,7 +74,7 @@ _OUT_OF_FOLD = " (the split has no test set: each fold's validation cases, predi
 def _markdown(dataset: str, runs: list[RunRecord], damaged: list[DamagedRun], folder: Path) -> str:
     manifest = runs[0].info.manifest
     plan = read_plan(dataset)
-    ablation = {name for _, _, name in plan.runs()} if plan else set()
+    ablation = plan.run_names() if plan else set()
     all_runs = runs
     runs = [r for r in runs if r.name not in ablation]  # the ablation's runs get their own section
     evaluated = [r for r in runs if r.evaluation]
@@ -178,13 +178,18 @@ def _text_ablation(plan, targets: list[str]) -> str:
         return ""
     c = compare(plan, targets)
     base = plan.base
+    folds = (
+        f"every fold ({len(plan.folds)}) of the split, whose ensemble is compared"
+        if plan.cross_validation
+        else f"the same fold ({base.fold})"
+    )
     lines = [
         "## Does the text help?",
         f"`zeus ablate`: text modes {', '.join(_code(t) for t in plan.texts)}, each trained with seeds "
-        f"{', '.join(map(str, plan.seeds))}; per seed the same fold ({base.fold}), epochs ({base.epochs}), data "
+        f"{', '.join(map(str, plan.seeds))}; per seed {folds}, epochs ({base.epochs}), data "
         f"order and initialisation, {base.fusion} fusion, {base.decoder} decoder. `shuffled` gives every slice "
         "the instruction of another slice of the same case, modality and target: it keeps the class and "
-        f"destroys what the text says about this slice. Test Dice over the {len(c.cases)} test case(s), "
+        f"destroys what the text says about this slice. Dice over the {len(c.cases)} {c.case_kind}, "
         "mean ± std over seeds.",
     ]
     header = ["Text", *c.classes]
