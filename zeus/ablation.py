@@ -150,6 +150,8 @@ def run_ablation(dataset: Dataset, plan: AblationPlan, *, progress: bool = True,
         for text, seed, fold, name in plan.trainings()
         if not _done(RunFolder.of(dataset.name, name), plan.base.epochs, split if evaluate else None)
     ]
+    if jobs > 1 and len(todo) > 1:
+        _embed_first(dataset, todo, progress)
     tasks = [partial(_train_and_evaluate, dataset, config, split if evaluate else None) for config in todo]
     _run_all(tasks, [c.run_name for c in todo], jobs, progress)
     if plan.cross_validation:
@@ -167,6 +169,15 @@ def _done(run: RunFolder, epochs: int | None, split: str | None) -> bool:
     """Trained for ``epochs`` (None: an ensemble, made) and, unless ``split`` is None, evaluated since."""
     made = run.is_run() and (epochs is None or len(run.read_log()) >= epochs)
     return made and (split is None or not run.needs_evaluation(split))
+
+
+def _embed_first(dataset: Dataset, configs: list[TrainConfig], progress: bool) -> None:
+    """Every fold's image embeddings and augmented copies, computed here once, before parallel runs would each
+    compute the ones they miss (the same cases' over and over: every case trains in all folds but its own)."""
+    from stage2_segment.train import prepare_training_data
+
+    for fold in sorted({c.fold for c in configs}):
+        prepare_training_data(dataset, next(c for c in configs if c.fold == fold), progress=progress)
 
 
 def _train_and_evaluate(dataset: Dataset, config: TrainConfig, split: str | None) -> None:

@@ -16,10 +16,13 @@ from shared.instructions import PRESETS, InstructionStore
 from shared.splits import ensure_splits
 from shared.workspace import instructions_dir
 from stage2_segment.config import TrainConfig
+from stage2_segment.features import FeatureCache
 from stage2_segment.instructions import InstructionTable, instruction_table
 from stage2_segment.losses import union_loss
+from stage2_segment.modeling.encoders import FrozenImageEncoder
 from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
 from stage2_segment.runs import RunFolder
+from zeus import ablation
 from zeus.ablation import (
     FOREGROUND,
     AblationPlan,
@@ -187,13 +190,27 @@ def test_a_cross_validation_plan_for_another_split_is_refused(stage2_dataset):
 
 
 @pytest.mark.slow
-def test_a_cross_validation_ablation_trains_folds_in_parallel_and_compares_every_case_out_of_fold(stage2_dataset):
+def test_a_cross_validation_ablation_trains_folds_in_parallel_and_compares_every_case_out_of_fold(
+    stage2_dataset, monkeypatch
+):
     name = stage2_dataset.name
     cases = CaseCache(stage2_dataset, 256).cached_case_ids()
     ensure_splits(name, cases, folds=3, test_fraction=0, overwrite=True)  # 3 folds of 2 training / 1 validation case
-    base = TrainConfig(decoder="joint", epochs=1, slices_per_epoch=2, warmup_steps=1)
+    # A third augmented copy, not cached yet: computed once, here, before the parallel runs start (each would
+    # compute the copies it misses).
+    base = TrainConfig(decoder="joint", epochs=1, slices_per_epoch=2, warmup_steps=1, augment_copies=3)
     plan = AblationPlan(name, base, ("template", "none"), (0,), folds=(0, 1, 2))
+    features = FeatureCache(CaseCache(stage2_dataset, 256), FrozenImageEncoder())
+    cached_at_start, run_all = [], ablation._run_all
+
+    def run_all_checked(tasks, names, jobs, progress):
+        cached_at_start.append(all(features.is_current(case, 3) for case in cases))
+        run_all(tasks, names, jobs, progress)
+
+    monkeypatch.setattr(ablation, "_run_all", run_all_checked)
+    assert not any(features.is_current(case, 3) for case in cases)
     folders = run_ablation(stage2_dataset, plan, progress=False, jobs=2)
+    assert cached_at_start == [True, True]  # the trainings, then the ensembles
 
     assert [f.name for f in folders] == [plan.ensemble_name(t, 0) for t in plan.texts]
     for text, folder in zip(plan.texts, folders, strict=True):

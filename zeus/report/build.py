@@ -246,7 +246,9 @@ def _instruction_statistics(dataset: str, tags: set[str]) -> str:
 
 
 def _mean_std(values: list[float]) -> str:
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "—"
+    if len(values) < 2:  # one seed has no spread to show
+        return f"{values[0]:.3f}" if values else "—"
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
 
 
 def _interval(i) -> str:
