@@ -152,7 +152,8 @@ def run_ablation(dataset: Dataset, plan: AblationPlan, *, progress: bool = True,
     ]
     if jobs > 1 and len(todo) > 1:
         _embed_first(dataset, todo, progress)
-    tasks = [partial(_train_and_evaluate, dataset, config, split if evaluate else None) for config in todo]
+    shown = progress and jobs == 1  # parallel runs' progress bars would overwrite each other: one bar counts runs
+    tasks = [partial(_train_and_evaluate, dataset, config, split if evaluate else None, shown) for config in todo]
     _run_all(tasks, [c.run_name for c in todo], jobs, progress)
     if plan.cross_validation:
         ensembles = [
@@ -160,7 +161,7 @@ def run_ablation(dataset: Dataset, plan: AblationPlan, *, progress: bool = True,
             for t, s, name in plan.runs()
             if not _done(RunFolder.of(dataset.name, name), None, split)
         ]
-        tasks = [partial(_ensemble, dataset, members, name) for name, members in ensembles]
+        tasks = [partial(_ensemble, dataset, members, name, shown) for name, members in ensembles]
         _run_all(tasks, [name for name, _ in ensembles], jobs, progress)
     return [RunFolder.of(dataset.name, name).path for *_, name in plan.runs()]
 
@@ -180,19 +181,19 @@ def _embed_first(dataset: Dataset, configs: list[TrainConfig], progress: bool) -
         prepare_training_data(dataset, next(c for c in configs if c.fold == fold), progress=progress)
 
 
-def _train_and_evaluate(dataset: Dataset, config: TrainConfig, split: str | None) -> None:
+def _train_and_evaluate(dataset: Dataset, config: TrainConfig, split: str | None, progress: bool) -> None:
     from stage2_segment.evaluate import evaluate_run
     from stage2_segment.train import train
 
-    result = train(dataset, config, resume=True, progress=False)
+    result = train(dataset, config, resume=True, progress=progress)
     if split is not None:
-        evaluate_run(result.run_dir, split=split, progress=False)
+        evaluate_run(result.run_dir, split=split, progress=progress)
 
 
-def _ensemble(dataset: Dataset, members: list[Path], name: str) -> None:
+def _ensemble(dataset: Dataset, members: list[Path], name: str, progress: bool) -> None:
     from stage2_segment.ensemble import ensemble_and_evaluate
 
-    ensemble_and_evaluate(members, name, root=dataset.root, progress=False)
+    ensemble_and_evaluate(members, name, root=dataset.root, progress=progress)
 
 
 def _run_all(tasks: list[Callable[[], None]], names: list[str], jobs: int, progress: bool) -> None:
@@ -206,7 +207,7 @@ def _run_all(tasks: list[Callable[[], None]], names: list[str], jobs: int, progr
     # spawn, not fork: CUDA and torch's thread pools do not survive a fork; the workers share the cores
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=torch_threads, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_torch_threads, initargs=(threads,)) as pool:
         futures = {pool.submit(task): name for task, name in zip(tasks, names, strict=True)}
         pending = tqdm(as_completed(futures), total=len(futures), desc="ablation runs", disable=not progress)
         for future in pending:
@@ -219,7 +220,7 @@ def _run_all(tasks: list[Callable[[], None]], names: list[str], jobs: int, progr
             log.info("ablation: %s done", name)
 
 
-def torch_threads(threads: int) -> None:
+def _torch_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
