@@ -40,6 +40,7 @@ from shared.atomic import write_json
 from shared.errors import ZeusError
 from shared.instructions import PRESETS, InstructionStore
 from shared.manifest import Dataset
+from shared.splits import load_splits
 from shared.workspace import runs_dir
 from stage2_segment.config import SHUFFLED, TEXT_MODES, TrainConfig
 from stage2_segment.runs import RunFolder, reported_split
@@ -144,16 +145,16 @@ def run_ablation(dataset: Dataset, plan: AblationPlan, *, progress: bool = True,
         check_folds(dataset.name, plan)
     write_json(plan_path(dataset.name), plan.to_json())
     split = reported_split(dataset.name)
-    evaluate = not plan.cross_validation  # a cross-validation evaluates the ensembles, not each fold's run
+    run_split = None if plan.cross_validation else split  # a cross-validation evaluates the ensembles instead
     todo = [
         plan.config(text, seed, fold)
         for text, seed, fold, name in plan.trainings()
-        if not _done(RunFolder.of(dataset.name, name), plan.base.epochs, split if evaluate else None)
+        if not _done(RunFolder.of(dataset.name, name), plan.base.epochs, run_split)
     ]
     if jobs > 1 and len(todo) > 1:
         _embed_first(dataset, todo, progress)
     shown = progress and jobs == 1  # parallel runs' progress bars would overwrite each other: one bar counts runs
-    tasks = [partial(_train_and_evaluate, dataset, config, split if evaluate else None, shown) for config in todo]
+    tasks = [partial(_train_and_evaluate, dataset, config, run_split, shown) for config in todo]
     _run_all(tasks, [c.run_name for c in todo], jobs, progress)
     if plan.cross_validation:
         ensembles = [
@@ -228,8 +229,6 @@ def _torch_threads(threads: int) -> None:
 
 def check_folds(dataset: str, plan: AblationPlan) -> None:
     """The plan's folds are the folds of the dataset's split, every one of them."""
-    from shared.splits import load_splits
-
     splits = load_splits(dataset)
     if plan.folds != tuple(range(len(splits.folds))):
         raise ZeusError(
