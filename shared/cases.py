@@ -19,7 +19,8 @@ import json
 import logging
 import zipfile
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -152,8 +153,12 @@ class CaseCache:
         jobs = [(self.dataset, self.image_size, self.folder, cid, with_labels, overwrite) for cid in ids]
         if workers > 1 and len(ids) > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                for future in as_completed([pool.submit(_prepare_case, *job) for job in jobs]):
-                    _record(summary, *future.result())
+                futures = {pool.submit(_prepare_case, *job): job[3] for job in jobs}
+                for future in as_completed(futures):
+                    try:
+                        _record(summary, *future.result())
+                    except BrokenProcessPool:
+                        raise _worker_died(futures, workers) from None
                     bar.update()
         else:
             for job in jobs:
@@ -187,6 +192,22 @@ class CaseCache:
         if not path.is_file():
             raise ZeusError(f"case {case_id!r} has no prepared label: run `zeus data prepare {self.dataset.name}`")
         return _read_npz(path, "label", self.dataset.name)
+
+
+def _worker_died(futures: dict[Future, str], workers: int) -> ZeusError:
+    """A preparation process was killed (by the kernel's out-of-memory killer, most often): say which cases
+    were not prepared; what was prepared stays in the cache."""
+
+    def prepared(future: Future) -> bool:
+        return future.done() and not future.cancelled() and future.exception() is None
+
+    missing = sorted(case for future, case in futures.items() if not prepared(future))
+    return ZeusError(
+        f"a preparation process stopped abruptly (killed for lack of memory?); {len(futures) - len(missing)} "
+        f"case(s) were prepared and are kept, {len(missing)} were not: {', '.join(missing[:8])}"
+        f"{' ...' if len(missing) > 8 else ''}. Rerun with fewer than --workers {workers} (each process holds a "
+        "whole volume in memory); the prepared cases are skipped"
+    )
 
 
 def _read_meta(path: Path) -> CaseMeta | None:

@@ -7,6 +7,7 @@ case's images without ever opening a label file.
 from __future__ import annotations
 
 import gzip
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from shared.errors import DataError, Problem
+from shared.errors import DataError, Problem, ZeusError
 
 
 class VolumeSource(Protocol):
@@ -92,17 +93,70 @@ def read_image_file(path: Path, case_id: str) -> sitk.Image:
     infinite voxels, becomes a ``DataError``."""
     if not path.is_file():
         raise DataError.single(case_id, "file is missing", path)
+    try:
+        _check_header(path, case_id)
+    except RuntimeError as e:
+        raise _unreadable(e, case_id, path) from None
     nifti = path.name.lower().endswith((".nii", ".nii.gz"))
     if nifti:
         _check_nifti(path, case_id)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown reason"
-        raise DataError.single(case_id, f"cannot read the file (truncated or not an image?): {reason}", path) from None
+        raise _unreadable(e, case_id, path) from None
     if not nifti and image.GetPixelID() in _FLOAT_PIXELS:
         _check_finite(sitk.GetArrayViewFromImage(image), case_id, path)
     return image
+
+
+def _unreadable(error: RuntimeError, case_id: str, path: Path) -> DataError:
+    reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
+    return DataError.single(case_id, f"cannot read the file (truncated or not an image?): {reason}", path)
+
+
+# The most voxels a volume may have, all channels together: 2^29 = 512 x 512 x 2048. A NIfTI header can
+# promise 4096^3 voxels in a few kilobytes of gzip; preparing a volume takes about 14 bytes per voxel.
+DEFAULT_MAX_VOXELS = 2**29
+
+
+def max_voxels() -> int:
+    """``ZEUS_MAX_VOXELS`` from the environment, or ``DEFAULT_MAX_VOXELS``."""
+    value = os.environ.get("ZEUS_MAX_VOXELS", "")
+    if not value:
+        return DEFAULT_MAX_VOXELS
+    if not value.isdigit() or int(value) < 1:
+        raise ZeusError(f"ZEUS_MAX_VOXELS must be a positive whole number of voxels, found {value!r}")
+    return int(value)
+
+
+_COMPLEX_PIXELS = {sitk.sitkComplexFloat32, sitk.sitkComplexFloat64}
+
+
+def _check_header(path: Path, case_id: str) -> None:
+    """From the header alone, before any voxel is read: one real grey value per voxel, and a size whose
+    voxels fit in memory (``max_voxels``)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    size = list(reader.GetSize())
+    components, pixel = reader.GetNumberOfComponents(), reader.GetPixelID()
+    if components != 1 or pixel in _COMPLEX_PIXELS:
+        kind = "complex values" if pixel in _COMPLEX_PIXELS else f"{components} components per voxel (colour?)"
+        raise DataError.single(
+            case_id,
+            f"expected one real grey value per voxel, found {kind} ({sitk.GetPixelIDValueAsString(pixel)}): "
+            "convert the scan to a grey-value image",
+            path,
+        )
+    voxels, limit = int(np.prod(size, dtype=np.int64)), max_voxels()
+    if voxels > limit:
+        raise DataError.single(
+            case_id,
+            f"the header promises size {size}, {voxels} voxels, more than ZEUS_MAX_VOXELS ({limit}): a damaged "
+            "or hostile file? If the volume is real, set ZEUS_MAX_VOXELS higher (preparing it takes about 14 "
+            "bytes of memory per voxel)",
+            path,
+        )
 
 
 def check_label_values(array: np.ndarray, allowed: set[int], case_id: str, file: Path) -> None:

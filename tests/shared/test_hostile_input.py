@@ -7,9 +7,13 @@ import errno
 import gzip
 import json
 import os
+import re
 import shutil
 import stat
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +21,12 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
+import shared.cases
 from tests.factories import write_msd, write_nnunet
 from zeus.cli import app
 
 runner = CliRunner()
+_PREPARE_CASE = shared.cases._prepare_case
 
 
 def _invoke(*args: str):
@@ -196,6 +202,26 @@ def test_output_paths_are_checked_before_any_work(tmp_path, monkeypatch):
     assert str(home_file) in result.output
 
 
+def _killed_on_the_second_case(dataset, size, folder, case_id, *rest):
+    if case_id.endswith("002"):
+        os._exit(9)  # what the out-of-memory killer leaves: the process is gone, no exception
+    return _PREPARE_CASE(dataset, size, folder, case_id, *rest)
+
+
+def test_a_preparation_process_killed_for_memory_is_a_clear_error(tmp_path, monkeypatch):
+    import shared.cases
+
+    monkeypatch.setattr(shared.cases, "_prepare_case", _killed_on_the_second_case)  # forked workers inherit it
+    fork = partial(ProcessPoolExecutor, mp_context=get_context("fork"))
+    monkeypatch.setattr(shared.cases, "ProcessPoolExecutor", fork)
+    folder = write_nnunet(tmp_path / "data")
+    result = _invoke("data", "prepare", folder, "--workers", "2")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "stopped abruptly (killed for lack of memory?)" in result.output
+    # the case in the other process may have been lost with the pool, or finished before it broke
+    assert re.search(r"were not: (tiny_001, )?tiny_002\.", result.output) and "fewer than --workers 2" in result.output
+
+
 def test_a_full_disk_during_prepare_is_a_clear_error_and_leaves_no_partial_file(tmp_path, monkeypatch):
     import shared.cases
 
@@ -286,6 +312,56 @@ def test_non_finite_voxels_in_other_image_formats_are_refused_too(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
     with pytest.raises(DataError, match=r"0 NaN and 3 infinite voxel"):
         read_image_file(path, "x")
+
+
+def _rgb(path: Path) -> None:
+    grey = sitk.ReadImage(str(path), sitk.sitkUInt8)
+    rgb = sitk.Compose(grey, grey, grey)
+    sitk.WriteImage(rgb, str(path))
+
+
+def _complex(path: Path) -> None:
+    real = sitk.ReadImage(str(path), sitk.sitkFloat32)
+    sitk.WriteImage(sitk.RealAndImaginaryToComplex(real, real), str(path))
+
+
+@pytest.mark.parametrize(("damage", "found"), [(_rgb, "3 components"), (_complex, "complex")])
+def test_an_image_that_is_not_grey_values_is_refused_by_check_and_prepare(damage, found, tmp_path):
+    folder = write_nnunet(tmp_path / "data")
+    damage(folder / "imagesTr" / "tiny_001_0001.nii.gz")
+    for command in ("check", "prepare"):
+        result = _invoke("data", command, folder, *(["--workers", "2"] if command == "prepare" else []))
+        assert result.exit_code == 1, result.output
+        assert "expected one real grey value per voxel" in result.output and found in result.output
+        assert "tiny_001_0001.nii.gz" in result.output
+    assert "1 built" in result.output  # the other case is prepared
+
+
+def test_a_header_promising_a_huge_volume_is_refused_before_its_data_is_read(tmp_path, monkeypatch):
+    import nibabel as nib
+
+    folder = write_nnunet(tmp_path / "data")
+    path = folder / "imagesTr" / "tiny_001_0001.nii.gz"
+    header = nib.load(path).header.copy()
+    header.set_data_shape((4096, 4096, 4096))
+    header.set_data_dtype(np.uint8)
+    with gzip.open(path, "wb") as f:  # a header and a stream of zeros: a bomb would go on for 64 GiB
+        f.write(header.binaryblock + bytes(4) + bytes(1 << 20))
+    read_image = sitk.ReadImage
+
+    def read_but_not_the_bomb(file, *args, **kwargs):
+        assert Path(file) != path, "the bomb's pixel data was read"
+        return read_image(file, *args, **kwargs)
+
+    monkeypatch.setattr(sitk, "ReadImage", read_but_not_the_bomb)
+    result = _invoke("data", "check", folder)
+    assert result.exit_code == 1 and "size [4096, 4096, 4096]" in result.output
+    assert "68719476736 voxels, more than ZEUS_MAX_VOXELS" in result.output and "tiny_001_0001" in result.output
+    monkeypatch.undo()
+    monkeypatch.setenv("ZEUS_MAX_VOXELS", "1000")  # the limit is the user's to raise (or lower)
+    result = _invoke("data", "check", folder)
+    assert result.exit_code == 1 and "more than ZEUS_MAX_VOXELS (1000)" in result.output
+    assert "tiny_002" in result.output  # the healthy case's 11 520 voxels are over this limit too
 
 
 def test_a_folder_of_scans_groups_channel_files_and_finds_chaos_patients(tmp_path):
