@@ -10,6 +10,7 @@ import zlib
 from functools import lru_cache
 
 import numpy as np
+import pyarrow as pa
 
 from shared.errors import ZeusError
 from shared.instructions import UNION, InstructionStore, embeddings
@@ -57,10 +58,7 @@ class InstructionTable:
             raise ZeusError(
                 f"case {case_id!r} has no instructions in {self.store.folder}: run `zeus instructions` for it"
             )
-        slices = np.asarray(table.column("slice_index"))
-        rows = np.asarray([self.rows[m] for m in table.column("modality").to_pylist()])
-        cols = np.asarray([self.columns[t] for t in table.column("target").to_pylist()])
-        vectors = embeddings(table)
+        slices, rows, cols, vectors = self._checked(table, case_id)
         out = np.full((slices.max() + 1, len(self.rows), len(self.columns), self.dim), np.nan, np.float32)
         out[slices, rows, cols] = vectors
         if np.isnan(out).any():
@@ -72,6 +70,37 @@ class InstructionTable:
                 for t in range(out.shape[2]):
                     out[:, m, t] = out[self._sources(case_id, m, t, len(out)), m, t]
         return out
+
+    def _checked(self, table: pa.Table, case_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A shard's slice indices, row (modality) and column (target) indices and embeddings, each checked
+        before anything is allocated from them: a shard is data, and a damaged or planted one must not index
+        outside the case, name an unknown modality, or hand the model NaN."""
+        shard = self.store.shard(case_id)
+
+        def refused(what: str) -> ZeusError:
+            return ZeusError(f"{shard}: {what}: rerun `zeus instructions {self.manifest.name}` to rewrite it")
+
+        kind = table.schema.field("embedding").type
+        if not pa.types.is_fixed_size_list(kind) or kind.list_size != self.dim:
+            found = f"{kind.list_size} numbers" if pa.types.is_fixed_size_list(kind) else f"type {kind}"
+            raise refused(f"embeddings of {found}, the store's have {self.dim}")
+        slices = np.asarray(table.column("slice_index").to_numpy(), np.int64)
+        per_slice = len(self.rows) * len(self.columns)
+        if len(slices) == 0 or slices.min() < 0 or len(slices) != (slices.max() + 1) * per_slice:
+            span = f"slice_index {slices.min()}..{slices.max()}" if len(slices) else "no rows"
+            raise refused(f"expected {per_slice} rows per slice, from slice 0 on; found {len(slices)} rows, {span}")
+        indices = []
+        for name, known in (("modality", self.rows), ("target", self.columns)):
+            values = table.column(name).to_pylist()
+            unknown = sorted(set(values) - set(known), key=str)
+            if unknown:
+                raise refused(f"{name} {unknown[0]!r} is not one of {list(known)}")
+            indices.append(np.asarray([known[v] for v in values]))
+        vectors = embeddings(table)
+        bad = int((~np.isfinite(vectors).all(axis=1)).sum())
+        if bad:
+            raise refused(f"{bad} embedding(s) with NaN or infinite values")
+        return slices, indices[0], indices[1], vectors
 
     def _sources(self, case_id: str, modality: int, target: int, n_slices: int) -> np.ndarray:
         """For each slice, the slice whose instruction it reads: a derangement (no slice keeps its own when

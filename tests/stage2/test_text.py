@@ -55,6 +55,53 @@ def test_shuffled_instructions_keep_the_class_and_take_another_slices_text(stage
     assert instruction_table(manifest, TrainConfig(text="template")).shuffle_seed is None
 
 
+def _set(table, name: str, row: int, value):
+    import pyarrow as pa
+
+    values = table.column(name).to_pylist()
+    values[row] = value
+    index = table.schema.get_field_index(name)
+    return table.set_column(index, table.schema.field(name), pa.array(values, table.schema.field(name).type))
+
+
+def _wider_embeddings(table):
+    import pyarrow as pa
+
+    vectors = np.asarray(table.column("embedding").to_pylist(), np.float32)
+    wider = np.concatenate([vectors, vectors[:, :1]], axis=1)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(wider.ravel(), pa.float32()), wider.shape[1])
+    return table.set_column(table.schema.get_field_index("embedding"), "embedding", column)
+
+
+TAMPERED_SHARDS = {
+    "a slice far beyond the case": (lambda t: _set(t, "slice_index", 0, 2**30), "slice_index 0..1073741824"),
+    "a negative slice": (lambda t: _set(t, "slice_index", 0, -1), "slice_index -1.."),
+    "an unknown modality": (lambda t: _set(t, "modality", 0, "../evil"), "modality '../evil' is not one of"),
+    "an unknown target": (lambda t: _set(t, "target", 5, "heart"), "target 'heart' is not one of"),
+    "an infinite embedding": (
+        lambda t: _set(t, "embedding", 3, [float("inf")] * t.schema.field("embedding").type.list_size),
+        "1 embedding(s) with NaN or infinite values",
+    ),
+    "embeddings of another size": (_wider_embeddings, "embeddings of 385 numbers, the store's have 384"),
+}
+
+
+@pytest.mark.parametrize("tamper", sorted(TAMPERED_SHARDS))
+def test_a_tampered_shard_is_refused_naming_the_file(stage2_dataset, tmp_path, tamper):
+    import pyarrow.parquet as pq
+
+    manifest = stage2_dataset.manifest
+    store = InstructionStore(tmp_path / "store")
+    shutil.copytree(InstructionStore.of(manifest.name, TEMPLATE).folder, store.folder)
+    case = store.case_ids()[-1]  # not the first shard, which sets the store's embedding size
+    edit, message = TAMPERED_SHARDS[tamper]
+    pq.write_table(edit(pq.read_table(store.shard(case))), store.shard(case))
+    with pytest.raises(ZeusError, match=re.escape(message)) as refused:
+        InstructionTable(manifest, TEMPLATE, store=store).for_case(case)
+    assert f"{store.shard(case)}:" in str(refused.value) and "rerun `zeus instructions" in str(refused.value)
+    assert InstructionTable(manifest, TEMPLATE, store=store).for_case(store.case_ids()[0]).shape[0] == 3
+
+
 def test_with_fixed_weights_another_instruction_gives_other_logits():
     torch.manual_seed(0)
     model = ZeusSegmenter(SegmenterConfig(fusion="late", num_modalities=1, num_targets=1)).eval()
