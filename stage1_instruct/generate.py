@@ -180,7 +180,8 @@ class InstructionGenerator:
         existing = self._existing_rows(case.case_id)
         stats = Stats(cases=1, requests=len(requests), no_body=sum(not r.has_body for r in requests))
         stats.cached = sum(r.key in existing for r in requests)
-        if stats.cached == len(requests) == len(existing):
+        intact = all(self._identity(r).items() <= existing[r.key].items() for r in requests if r.key in existing)
+        if stats.cached == len(requests) == len(existing) and intact:
             return stats
         by_key = {r.key: r for r in requests if r.modality != UNION}
         todo = [r for r in requests if r.key not in existing]
@@ -204,8 +205,25 @@ class InstructionGenerator:
             return {}
         if table is None:
             return {}
-        rows = table.to_pylist()
+        rows = [row for row in table.to_pylist() if self._reusable(row)]
+        if len(rows) < table.num_rows:
+            log.warning(
+                "%s: %d row(s) with a damaged embedding or description are written again",
+                self.store.shard(case_id),
+                table.num_rows - len(rows),
+            )
         return {row["request_key"]: row for row in rows}
+
+    def _reusable(self, row: dict[str, Any]) -> bool:
+        """A stored row may be kept if its embedding has the embedder's size and finite values and its
+        description is a JSON object; its identity columns are rewritten from the request in any case."""
+        vector = row.get("embedding") or []
+        if len(vector) != self.backends.embedder.dim or not np.isfinite(np.asarray(vector, np.float64)).all():
+            return False
+        try:
+            return isinstance(json.loads(row.get("description") or ""), dict)
+        except json.JSONDecodeError:
+            return False
 
     def _describe(
         self, case: PreprocessedCase, requests: list[Request], existing: dict, stats: Stats

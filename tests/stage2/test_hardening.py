@@ -102,6 +102,43 @@ def test_a_truncated_shard_is_named_by_training_and_rewritten_by_stage_one(works
     assert pq.read_metadata(shard).num_rows == 3 * (3 + 1) * 4
 
 
+@pytest.mark.parametrize(
+    ("tamper", "refusal"),
+    [
+        ({"slice_index": 2**30}, "expected 16 rows per slice"),  # every row still reads as cached
+        ({"embedding": float("nan"), "description": "not JSON"}, "1 embedding(s) with NaN or infinite values"),
+    ],
+)
+def test_a_tampered_shard_is_refused_by_training_and_restored_by_stage_one(workspace, tamper, refusal):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    home, dataset, _ = workspace
+    shard = home / "instructions" / dataset.name / TAG / "demo_001.parquet"
+    original = pq.read_table(shard)
+    tampered = original
+    for row, (name, value) in enumerate(tamper.items()):  # rows that keep their request keys
+        values = original.column(name).to_pylist()
+        values[row] = [value] * len(values[row]) if name == "embedding" else value
+        field = original.schema.field(name)
+        tampered = tampered.set_column(original.schema.get_field_index(name), field, pa.array(values, field.type))
+    pq.write_table(tampered, shard)
+    args = ["train", dataset.root, "--text", "template", "--epochs", "1", "--run-name", "after_tampering"]
+    result = _invoke(*args)
+    assert result.exit_code == 2 and f"{shard}: {refusal}" in result.output
+    result = _invoke("instructions", dataset.root, "--backend", "template")
+    assert result.exit_code == 0, result.output
+    restored = pq.read_table(shard)
+    for name in ("slice_index", "modality", "target", "request_key", "description", "instruction"):
+        assert restored.column(name).to_pylist() == original.column(name).to_pylist(), name
+    np.testing.assert_allclose(
+        np.asarray(restored.column("embedding").to_pylist()),
+        np.asarray(original.column("embedding").to_pylist()),
+        atol=1e-6,
+    )
+
+
 def test_missing_instructions_are_found_before_any_image_is_encoded(workspace):
     home, dataset, _ = workspace
     shutil.rmtree(home / "features")
