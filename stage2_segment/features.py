@@ -65,11 +65,30 @@ class FeatureCache:
         return meta.image_signature if copy == 0 else f"{meta.image_signature}|{meta.label_signature}|{AUGMENT_VERSION}"
 
     def is_current(self, case_id: str, copy: int = 0) -> bool:
+        """Whether the entry was computed from the case's current images and is intact: a damaged entry (a
+        truncated or replaced file, a label value the dataset does not have) reads as missing, and is
+        computed again."""
         sidecar = self.folder / f"{self._stem(case_id, copy)}.json"
         files = [self.path(case_id, copy), sidecar] + ([self.label_path(case_id, copy)] if copy else [])
         if not all(f.is_file() for f in files):
             return False
-        return json.loads(sidecar.read_text(encoding="utf-8")).get("image_signature") == self._signature(case_id, copy)
+        try:
+            record = json.loads(sidecar.read_text(encoding="utf-8"))
+            if not isinstance(record, dict) or record.get("image_signature") != self._signature(case_id, copy):
+                return False
+            slices = record.get("slices")
+            embeddings = np.load(self.path(case_id, copy), mmap_mode="r")  # reads the header, checks the length
+            if embeddings.dtype != np.float16 or embeddings.ndim != 5 or slices not in (None, embeddings.shape[0]):
+                return False
+            if copy:
+                label = np.load(self.label_path(case_id, copy))
+                known = set(self.cases.dataset.manifest.labels.values())
+                return (
+                    label.dtype == np.uint8 and label.shape[0] == embeddings.shape[0] and set(np.unique(label)) <= known
+                )
+        except (OSError, ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
+            return False
+        return True
 
     def ensure(self, case_ids: list[str], progress: bool = True, copies: int = 0) -> int:
         """Compute the embeddings (and ``copies`` augmented copies) of the cases not cached yet; returns how

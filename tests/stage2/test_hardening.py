@@ -139,6 +139,26 @@ def test_a_tampered_shard_is_refused_by_training_and_restored_by_stage_one(works
     )
 
 
+def test_damaged_image_embeddings_are_computed_again(workspace):
+    import numpy as np
+
+    home, dataset, _ = workspace
+    folder = home / "features" / dataset.name / "litemedsam-tinyvit-256px"  # the late-fusion run's embeddings
+    (case, *_), _ = load_splits(dataset.name).fold(0)  # a training case: the run reads its augmented copies
+    embeddings, label = folder / f"{case}.npy", folder / f"{case}.aug1.label.npy"
+    healthy = {p: p.stat().st_mtime_ns for p in folder.glob(f"{case}.aug2*.npy")}
+    assert healthy and label.is_file()
+    embeddings.write_bytes(embeddings.read_bytes()[: embeddings.stat().st_size // 2])  # truncated
+    planted = np.load(label)
+    planted[0, 0, 0] = 200  # a label value the dataset does not have
+    np.save(label, planted)
+    args = ["train", dataset.root, "--text", "template", "--epochs", "1", "--batch-size", "2"]
+    result = _invoke(*args, "--slices-per-epoch", "2", "--warmup-steps", "1", "--run-name", "after_damage")
+    assert result.exit_code == 0, result.output
+    assert np.load(embeddings).shape == (3, 3, 256, 64, 64) and np.load(label).max() <= 4
+    assert {p: p.stat().st_mtime_ns for p in healthy} == healthy  # only the damaged entries were computed again
+
+
 def test_missing_instructions_are_found_before_any_image_is_encoded(workspace):
     home, dataset, _ = workspace
     shutil.rmtree(home / "features")
