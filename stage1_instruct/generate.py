@@ -214,11 +214,13 @@ class InstructionGenerator:
             )
         return {row["request_key"]: row for row in rows}
 
-    def _reusable(self, row: dict[str, Any]) -> bool:
-        """A stored row may be kept if its embedding has the embedder's size and finite values and its
-        description is a JSON object; its identity columns are rewritten from the request in any case."""
+    @staticmethod
+    def _reusable(row: dict[str, Any]) -> bool:
+        """A stored row may be kept if its embedding's values are finite and its description is a JSON object;
+        its identity columns are rewritten from the request in any case. (Its size is the shard's, one for all
+        rows; asking the embedder for its size would load the model even when every row is cached.)"""
         vector = row.get("embedding") or []
-        if len(vector) != self.backends.embedder.dim or not np.isfinite(np.asarray(vector, np.float64)).all():
+        if not vector or not np.isfinite(np.asarray(vector, np.float64)).all():
             return False
         try:
             return isinstance(json.loads(row.get("description") or ""), dict)

@@ -77,13 +77,13 @@ class InstructionTable:
         outside the case, name an unknown modality, or hand the model NaN."""
         shard = self.store.shard(case_id)
 
-        def refused(what: str) -> ZeusError:
-            return ZeusError(f"{shard}: {what}: rerun `zeus instructions {self.manifest.name}` to rewrite it")
+        def refused(what: str, how: str = "rerun") -> ZeusError:
+            return ZeusError(f"{shard}: {what}: {how} `zeus instructions {self.manifest.name}` to rewrite it")
 
         kind = table.schema.field("embedding").type
         if not pa.types.is_fixed_size_list(kind) or kind.list_size != self.dim:
             found = f"{kind.list_size} numbers" if pa.types.is_fixed_size_list(kind) else f"type {kind}"
-            raise refused(f"embeddings of {found}, the store's have {self.dim}")
+            raise refused(f"embeddings of {found}, the store's have {self.dim}", "delete the shard and rerun")
         slices = np.asarray(table.column("slice_index").to_numpy(), np.int64)
         per_slice = len(self.rows) * len(self.columns)
         if len(slices) == 0 or slices.min() < 0 or len(slices) != (slices.max() + 1) * per_slice:

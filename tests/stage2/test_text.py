@@ -99,6 +99,7 @@ def test_a_tampered_shard_is_refused_naming_the_file(stage2_dataset, tmp_path, t
     with pytest.raises(ZeusError, match=re.escape(message)) as refused:
         InstructionTable(manifest, TEMPLATE, store=store).for_case(case)
     assert f"{store.shard(case)}:" in str(refused.value) and "rerun `zeus instructions" in str(refused.value)
+    assert ("delete the shard" in str(refused.value)) == (tamper == "embeddings of another size")
     assert InstructionTable(manifest, TEMPLATE, store=store).for_case(store.case_ids()[0]).shape[0] == 3
 
 
