@@ -92,6 +92,7 @@ def test_warm_rerun_makes_no_model_call_and_rewrites_nothing(tiny_dataset):
     stats = _run(tiny_dataset, models=models)
     assert all(s.cached == s.requests for s in stats)
     assert models.describer.calls == models.instructor.calls == models.embedder.calls == 0
+    assert models.embedder.inner._model is None  # not even loaded (a cached rerun is instant)
     assert {c: store.shard(c).stat().st_mtime_ns for c in store.case_ids()} == mtimes
 
 
