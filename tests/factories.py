@@ -187,3 +187,13 @@ def private_workspace(home: Path, dest: Path) -> None:
         return shutil.copy2(src, dst)
 
     shutil.copytree(home, dest, copy_function=link_or_copy)
+
+
+def with_cell(table, column: str, row: int, value):
+    """A copy of a pyarrow table with one cell replaced (the column keeps its type): a tampered shard."""
+    import pyarrow as pa
+
+    values = table.column(column).to_pylist()
+    values[row] = value
+    field = table.schema.field(column)
+    return table.set_column(table.schema.get_field_index(column), field, pa.array(values, field.type))

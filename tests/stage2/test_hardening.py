@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from shared.instructions import PRESETS
 from shared.splits import load_splits
-from tests.factories import private_workspace
+from tests.factories import private_workspace, with_cell
 from zeus.cli import app
 
 runner = CliRunner()
@@ -111,18 +111,14 @@ def test_a_truncated_shard_is_named_by_training_and_rewritten_by_stage_one(works
 )
 def test_a_tampered_shard_is_refused_by_training_and_restored_by_stage_one(workspace, tamper, refusal):
     import numpy as np
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     home, dataset, _ = workspace
     shard = home / "instructions" / dataset.name / TAG / "demo_001.parquet"
     original = pq.read_table(shard)
-    tampered = original
+    tampered, width = original, original.schema.field("embedding").type.list_size
     for row, (name, value) in enumerate(tamper.items()):  # rows that keep their request keys
-        values = original.column(name).to_pylist()
-        values[row] = [value] * len(values[row]) if name == "embedding" else value
-        field = original.schema.field(name)
-        tampered = tampered.set_column(original.schema.get_field_index(name), field, pa.array(values, field.type))
+        tampered = with_cell(tampered, name, row, [value] * width if name == "embedding" else value)
     pq.write_table(tampered, shard)
     args = ["train", dataset.root, "--text", "template", "--epochs", "1", "--run-name", "after_tampering"]
     result = _invoke(*args)

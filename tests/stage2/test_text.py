@@ -22,6 +22,7 @@ from stage2_segment.losses import union_loss
 from stage2_segment.modeling.encoders import FrozenImageEncoder
 from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
 from stage2_segment.runs import RunFolder
+from tests.factories import with_cell
 from zeus import ablation
 from zeus.ablation import (
     FOREGROUND,
@@ -55,15 +56,6 @@ def test_shuffled_instructions_keep_the_class_and_take_another_slices_text(stage
     assert instruction_table(manifest, TrainConfig(text="template")).shuffle_seed is None
 
 
-def _set(table, name: str, row: int, value):
-    import pyarrow as pa
-
-    values = table.column(name).to_pylist()
-    values[row] = value
-    index = table.schema.get_field_index(name)
-    return table.set_column(index, table.schema.field(name), pa.array(values, table.schema.field(name).type))
-
-
 def _wider_embeddings(table):
     import pyarrow as pa
 
@@ -74,12 +66,12 @@ def _wider_embeddings(table):
 
 
 TAMPERED_SHARDS = {
-    "a slice far beyond the case": (lambda t: _set(t, "slice_index", 0, 2**30), "slice_index 0..1073741824"),
-    "a negative slice": (lambda t: _set(t, "slice_index", 0, -1), "slice_index -1.."),
-    "an unknown modality": (lambda t: _set(t, "modality", 0, "../evil"), "modality '../evil' is not one of"),
-    "an unknown target": (lambda t: _set(t, "target", 5, "heart"), "target 'heart' is not one of"),
+    "a slice far beyond the case": (lambda t: with_cell(t, "slice_index", 0, 2**30), "slice_index 0..1073741824"),
+    "a negative slice": (lambda t: with_cell(t, "slice_index", 0, -1), "slice_index -1.."),
+    "an unknown modality": (lambda t: with_cell(t, "modality", 0, "../evil"), "modality '../evil' is not one of"),
+    "an unknown target": (lambda t: with_cell(t, "target", 5, "heart"), "target 'heart' is not one of"),
     "an infinite embedding": (
-        lambda t: _set(t, "embedding", 3, [float("inf")] * t.schema.field("embedding").type.list_size),
+        lambda t: with_cell(t, "embedding", 3, [float("inf")] * t.schema.field("embedding").type.list_size),
         "1 embedding(s) with NaN or infinite values",
     ),
     "embeddings of another size": (_wider_embeddings, "embeddings of 385 numbers, the store's have 384"),
