@@ -94,7 +94,7 @@ def read_image_file(path: Path, case_id: str) -> sitk.Image:
     if not path.is_file():
         raise DataError.single(case_id, "file is missing", path)
     try:
-        _check_header(path, case_id)
+        check_header(path, case_id)
     except RuntimeError as e:
         raise _unreadable(e, case_id, path) from None
     nifti = path.name.lower().endswith((".nii", ".nii.gz"))
@@ -132,9 +132,10 @@ def max_voxels() -> int:
 _COMPLEX_PIXELS = {sitk.sitkComplexFloat32, sitk.sitkComplexFloat64}
 
 
-def _check_header(path: Path, case_id: str) -> None:
+def check_header(path: Path, case_id: str) -> int:
     """From the header alone, before any voxel is read: one real grey value per voxel, and a size whose
-    voxels fit in memory (``max_voxels``)."""
+    voxels fit in memory (``max_voxels``). Returns the number of voxels. SimpleITK's ``RuntimeError`` for a
+    file it cannot read passes through (``read_image_file`` words it)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
@@ -148,13 +149,19 @@ def _check_header(path: Path, case_id: str) -> None:
             "convert the scan to a grey-value image",
             path,
         )
-    voxels, limit = int(np.prod(size, dtype=np.int64)), max_voxels()
+    voxels = int(np.prod(size, dtype=np.int64))
+    check_voxel_count(voxels, f"the header promises size {size}", case_id, path)
+    return voxels
+
+
+def check_voxel_count(voxels: int, what: str, case_id: str, path: Path) -> None:
+    """Refuse a volume of more than ``max_voxels`` voxels; ``what`` says where the count comes from."""
+    limit = max_voxels()
     if voxels > limit:
         raise DataError.single(
             case_id,
-            f"the header promises size {size}, {voxels} voxels, more than ZEUS_MAX_VOXELS ({limit}): a damaged "
-            "or hostile file? If the volume is real, set ZEUS_MAX_VOXELS higher (preparing it takes about 14 "
-            "bytes of memory per voxel)",
+            f"{what}: {voxels} voxels, more than ZEUS_MAX_VOXELS ({limit}): a damaged or hostile file? If the "
+            "volume is real, set ZEUS_MAX_VOXELS higher (preparing it takes about 14 bytes of memory per voxel)",
             path,
         )
 
@@ -193,7 +200,7 @@ def _check_nifti(path: Path, case_id: str) -> None:
         image = nib.load(path)
         shape, dtype = image.header.get_data_shape(), image.header.get_data_dtype()
         expected = int(image.dataobj.offset) + int(np.prod(shape)) * dtype.itemsize
-        found = _gzip_length(path) if path.name.lower().endswith(".gz") else path.stat().st_size
+        found = _gzip_length(path, expected) if path.name.lower().endswith(".gz") else path.stat().st_size
     except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as e:
         raise DataError.single(case_id, f"cannot read the file (truncated or not NIfTI?): {e}", path) from None
     if found < expected:
@@ -204,10 +211,12 @@ def _check_nifti(path: Path, case_id: str) -> None:
         _check_finite(np.asanyarray(image.dataobj), case_id, path)
 
 
-def _gzip_length(path: Path) -> int:
-    """Uncompressed length of a gzip file; raises EOFError when the stream is cut short."""
+def _gzip_length(path: Path, enough: int) -> int:
+    """Uncompressed length of a gzip file, counted no further than ``enough`` bytes: data past what the header
+    needs is never read, so a small header in front of a long stream (a gzip bomb) costs nothing. Raises
+    EOFError when the stream is cut short before that."""
     length = 0
     with gzip.open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
+        while length < enough and (chunk := f.read(min(1 << 22, enough - length))):
             length += len(chunk)
     return length

@@ -24,7 +24,14 @@ from shared.errors import DataError, Problem, ZeusError
 from shared.geometry import Geometry
 from shared.manifest import Manifest
 from shared.paths import check_case_id, inside
-from shared.readers.base import CaseSources, LabelSource, natural_key, visible_files
+from shared.readers.base import (
+    CaseSources,
+    LabelSource,
+    check_header,
+    check_voxel_count,
+    natural_key,
+    visible_files,
+)
 
 
 @dataclass
@@ -66,6 +73,11 @@ class DicomSeries:
             raise DataError.single(
                 self.case_id, f"{len(skipped)} file(s) are not readable as part of the series", Path(skipped[0])
             )
+        try:  # every slice's header before any pixel: one huge or colour file, or too many files, is refused
+            voxels = sum(check_header(Path(name), self.case_id) for name in by_position)
+        except RuntimeError as e:
+            raise DataError.single(self.case_id, f"cannot read the DICOM series: {e}", self.folder) from None
+        check_voxel_count(voxels, f"the series' {len(by_position)} DICOM files", self.case_id, self.folder)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(by_position)
         try:
@@ -108,14 +120,15 @@ class PngMaskStack:
 
     def _label_slice(self, path: Path, shape: tuple[int, int]) -> np.ndarray:
         try:
-            with Image.open(path) as png:
+            with Image.open(path) as png:  # reads the header only: the size is checked before any pixel
+                if png.size[::-1] != shape:
+                    rows, cols = png.size[::-1]
+                    raise DataError.single(
+                        self.case_id, f"mask is {rows}x{cols}, its DICOM slice {shape[0]}x{shape[1]}", path
+                    )
                 grey = np.asarray(png.convert("L"))
-        except (OSError, UnidentifiedImageError) as e:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
             raise DataError.single(self.case_id, f"cannot read the PNG mask: {e}", path) from None
-        if grey.shape != shape:
-            raise DataError.single(
-                self.case_id, f"mask is {grey.shape[0]}x{grey.shape[1]}, its DICOM slice {shape[0]}x{shape[1]}", path
-            )
         label = np.zeros(shape, np.uint8)
         coded = np.zeros(shape, bool)
         for value, (lo, hi) in self.grey_levels.items():

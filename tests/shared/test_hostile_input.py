@@ -388,3 +388,98 @@ def test_a_folder_of_scans_groups_channel_files_and_finds_chaos_patients(tmp_pat
     assert scans_in_folder(chaos, test_sets) == [[str(test_sets / "MR" / "3")], [str(test_sets / "MR" / "11")]]
     with pytest.raises(ZeusError, match="no scans in"):
         scans_in_folder(msd, test_sets)
+
+
+def test_a_long_gzip_stream_behind_a_small_header_is_not_read_to_its_end(tmp_path, monkeypatch):
+    """A gzip bomb whose header states a small size: the truncation check stops where the header's data ends."""
+    from shared.readers.base import read_image_file
+
+    folder = write_nnunet(tmp_path / "data")
+    path = folder / "imagesTr" / "tiny_001_0001.nii.gz"
+    with gzip.open(path, "rb") as f:
+        healthy = f.read()
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(healthy + bytes(64 << 20))  # 64 MiB of zeros after the image: a real bomb goes on for gigabytes
+    read, counted = gzip.GzipFile.read, []
+
+    def counting_read(self, size=-1):
+        chunk = read(self, size)
+        counted.append(len(chunk))
+        return chunk
+
+    monkeypatch.setattr(gzip.GzipFile, "read", counting_read)
+    image = read_image_file(path, "tiny_001")
+    assert sum(counted) <= 2 * len(healthy)  # the header (nibabel reads it too) and its data: not the 64 MiB
+    assert image.GetSize() == sitk.ReadImage(str(folder / "imagesTr" / "tiny_001_0000.nii.gz")).GetSize()
+
+
+def _chaos_ct_series(tmp_path: Path) -> tuple[Path, Path]:
+    from tests.factories import write_chaos_ct
+
+    root = write_chaos_ct(tmp_path / "CHAOS", n_cases=1)
+    patient = root / "Train_Sets" / "CT" / "1"
+    return root, patient
+
+
+def _no_series_read(monkeypatch) -> None:
+    def refuse(self):
+        raise AssertionError("the series' pixel data was read")
+
+    monkeypatch.setattr(sitk.ImageSeriesReader, "Execute", refuse)
+
+
+def test_a_dicom_file_promising_a_huge_slice_is_refused_before_the_series_is_read(tmp_path, monkeypatch):
+    import pydicom
+
+    from shared.errors import DataError
+    from shared.readers.chaos import DicomSeries
+
+    _, patient = _chaos_ct_series(tmp_path)
+    files = sorted((patient / "DICOM_anon").iterdir())
+    ds = pydicom.dcmread(files[2])
+    ds.Rows = ds.Columns = 65535  # 4.3 G pixels promised, a few hundred bytes of pixel data
+    ds.save_as(files[2])
+    _no_series_read(monkeypatch)
+    with pytest.raises(DataError, match=r"size \[65535, 65535, 1\]: 4294836225 voxels, more than ZEUS_MAX_VOXELS"):
+        DicomSeries("1", patient / "DICOM_anon").read()
+
+
+def test_a_dicom_series_of_too_many_voxels_in_all_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from shared.errors import DataError
+    from shared.readers.chaos import DicomSeries
+
+    _, patient = _chaos_ct_series(tmp_path)  # 6 slices of 48 x 40 = 1920 voxels each
+    monkeypatch.setenv("ZEUS_MAX_VOXELS", "5000")
+    _no_series_read(monkeypatch)
+    with pytest.raises(DataError, match=r"the series' 6 DICOM files: 11520 voxels, more than ZEUS_MAX_VOXELS \(5000\)"):
+        DicomSeries("1", patient / "DICOM_anon").read()
+    monkeypatch.undo()  # the real reader back: within the limit the series reads
+    monkeypatch.setenv("ZEUS_MAX_VOXELS", "20000")
+    assert DicomSeries("1", patient / "DICOM_anon").read().GetSize() == (48, 40, 6)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that states its size and holds no pixels: what a decompression bomb shows before its data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize(("size", "found"), [((40000, 40000), "exceeds limit"), ((41, 48), "mask is 48x41")])
+def test_a_png_mask_of_the_wrong_size_is_refused_before_its_pixels_are_decoded(size, found, tmp_path):
+    from shared.errors import DataError
+    from shared.manifest import resolve_dataset
+    from shared.readers import open_layout
+
+    root, patient = _chaos_ct_series(tmp_path)
+    mask = sorted((patient / "Ground").iterdir())[3]
+    _png_header_only(mask, *size)  # decoding it would fail (no pixel data): only its header may be read
+    sources = open_layout(resolve_dataset("chaos_ct", root)).sources("1")
+    with pytest.raises(DataError, match=found) as error:
+        sources.labels[0].source.read()
+    assert mask.name in str(error.value)
