@@ -73,6 +73,10 @@ def train(
     precision: Annotated[
         str, typer.Option(help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32, or bf16 (autocast).")
     ] = TrainConfig.precision,
+    encoder_precision: Annotated[
+        str,
+        typer.Option(help="The frozen encoder's precision when it caches image embeddings: auto, fp32 or bf16."),
+    ] = TrainConfig.encoder_precision,
     augment_copies: AugmentCopies = None,
     slice_context: SliceContext = None,
     slices_per_epoch: Annotated[int | None, typer.Option(help="Sample this many training slices per epoch.")] = None,
@@ -121,6 +125,7 @@ def train(
         ema_decay=ema_decay,
         seed=seed,
         precision=precision,
+        encoder_precision=encoder_precision,
         augment_copies=augment_copies,
         slice_context=slice_context,
         slices_per_epoch=slices_per_epoch,

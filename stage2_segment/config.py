@@ -59,6 +59,10 @@ class TrainConfig:
     ema_decay: float = 0.0
     seed: int = 0
     precision: str = "auto"  # one of PRECISIONS
+    # The frozen encoder's precision when it fills the image-embedding cache (one of PRECISIONS; bf16 caches
+    # live in their own folder). bf16 encodes 1.8x faster on 2 CPU cores with native bf16 and leaves the
+    # box-prompted reference's Dice on the dev data within 0.001 (benchmarks/encoder.py; README, "Real data")
+    encoder_precision: str = "auto"
     num_tokens: int = 2
     # 2.5-D: each slice's embedding also takes in the embeddings of this many slices on either side
     # (None: RECIPE_SLICE_CONTEXT for Zeus, 0 for the other models; resolved when the config is made)
@@ -92,6 +96,8 @@ class TrainConfig:
             raise ZeusError(f"--decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.precision not in PRECISIONS:
             raise ZeusError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.encoder_precision not in PRECISIONS:
+            raise ZeusError(f"--encoder-precision must be one of {PRECISIONS}, got {self.encoder_precision!r}")
         if self.lr_scaling not in LR_SCALINGS:
             raise ZeusError(f"--lr-scaling must be one of {LR_SCALINGS}, got {self.lr_scaling!r}")
         if self.text not in TEXT_MODES:
@@ -154,8 +160,9 @@ class TrainConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
         # A run written before an option existed ran without it, whatever today's default: before ``--decoder``
-        # it decoded per target, before ``--slice-context`` and ``--augment-copies`` it read neither.
-        data = {"decoder": "per-target", "slice_context": 0, "augment_copies": 0, **data}
+        # it decoded per target, before ``--slice-context`` and ``--augment-copies`` it read neither, before
+        # ``--encoder-precision`` its embeddings were encoded in fp32.
+        data = {"decoder": "per-target", "slice_context": 0, "augment_copies": 0, "encoder_precision": "fp32", **data}
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 

@@ -41,7 +41,12 @@ log = logging.getLogger(__name__)
 _SHARED = {
     "dataset": lambda info: info.dataset,
     "--image-size": lambda info: info.train.image_size,
-    "image encoder": lambda info: (info.train.encoder, info.train.encoder_checkpoint, info.train.fusion == "early"),
+    "image encoder (--encoder, --encoder-checkpoint, early fusion, --encoder-precision)": lambda info: (
+        info.train.encoder,
+        info.train.encoder_checkpoint,
+        info.train.fusion == "early",
+        info.train.encoder_precision,
+    ),
     "instruction store (--text, --instructions-tag)": lambda info: info.train.tag,
 }
 

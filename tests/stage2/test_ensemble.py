@@ -171,6 +171,14 @@ def test_members_must_share_data_encoder_and_instructions(stage2_dataset):
     other_text = _trained(stage2_dataset, "no_text", text="none")
     with pytest.raises(ZeusError, match=r"no_text differs from plain in its instruction store"):
         create_ensemble([plain.path, other_text.path], "mixed")
+    fp32 = plain.path.parent / "fp32_encoder"  # the same run, its embeddings encoded in another precision
+    shutil.copytree(plain.path, fp32)
+    config = json.loads((fp32 / "config.json").read_text(encoding="utf-8"))
+    assert config["train"]["encoder_precision"] == "auto"
+    config["train"]["encoder_precision"] = "fp32"
+    (fp32 / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ZeusError, match=r"fp32_encoder differs from plain in its image encoder .*'fp32'"):
+        create_ensemble([plain.path, fp32], "mixed")
     with pytest.raises(ZeusError, match="at least 2 runs"):
         create_ensemble([plain.path], "alone")
     with pytest.raises(ZeusError, match="named twice"):

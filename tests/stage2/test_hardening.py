@@ -138,8 +138,13 @@ def test_a_tampered_shard_is_refused_by_training_and_restored_by_stage_one(works
 def test_damaged_image_embeddings_are_computed_again(workspace):
     import numpy as np
 
+    from shared.cases import CaseCache
+    from stage2_segment.features import FeatureCache
+    from stage2_segment.modeling.encoders import FrozenImageEncoder
+
     home, dataset, _ = workspace
-    folder = home / "features" / dataset.name / "litemedsam-tinyvit-256px"  # the late-fusion run's embeddings
+    folder = FeatureCache(CaseCache(dataset, 256), FrozenImageEncoder()).folder  # the late-fusion run's embeddings
+    assert folder.is_relative_to(home)
     (case, *_), _ = load_splits(dataset.name).fold(0)  # a training case: the run reads its augmented copies
     embeddings, label = folder / f"{case}.npy", folder / f"{case}.aug1.label.npy"
     healthy = {p: p.stat().st_mtime_ns for p in folder.glob(f"{case}.aug2*.npy")}

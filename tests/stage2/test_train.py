@@ -21,6 +21,7 @@ from stage2_segment.losses import union_loss
 from stage2_segment.modeling.encoders import FrozenImageEncoder
 from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
 from stage2_segment.predict import Predictor
+from stage2_segment.runs import cpu_has_bf16
 from stage2_segment.train import Trainer, prepare_training_data
 
 TAG = PRESETS["template"].tag
@@ -406,6 +407,27 @@ def test_zeus_defaults_to_the_measured_recipe_and_other_models_to_none_of_it():
     old = {k: v for k, v in joint.items() if k not in ("decoder", "augment_copies", "slice_context")}
     restored = TrainConfig.from_json(old)
     assert (restored.decoder, restored.augment_copies, restored.slice_context) == ("per-target", 0, 0)
+    # ... and before --encoder-precision its embeddings were encoded in fp32
+    older = {k: v for k, v in old.items() if k != "encoder_precision"}
+    assert (default.encoder_precision, TrainConfig.from_json(older).encoder_precision) == ("auto", "fp32")
+    with pytest.raises(ZeusError, match="--encoder-precision must be one of"):
+        TrainConfig(encoder_precision="fp16")
+
+
+def test_the_encoder_precision_has_its_own_cache_and_bf16_stays_close_to_fp32(stage2_dataset):
+    cases = CaseCache(stage2_dataset, 256)
+    encoder = FrozenImageEncoder()
+    fp32, bf16 = (FeatureCache(cases, encoder, precision=p) for p in ("fp32", "bf16"))
+    assert (fp32.folder.name, bf16.folder.name) == ("litemedsam-tinyvit-256px", "litemedsam-tinyvit-bf16-256px")
+    assert FeatureCache(cases, encoder).precision == ("bf16" if cpu_has_bf16() else "fp32")  # auto, on the CPU
+    pixels = cases.load("demo_001", with_label=False).image[:1, 1:2]  # one modality, one slice
+    a, b = (torch.from_numpy(cache._compute(pixels).astype(np.float32)) for cache in (fp32, bf16))
+    assert a.shape == b.shape == (1, 1, 256, 64, 64)
+    assert not torch.equal(a, b)  # the encoder really ran in bf16
+    cosine = torch.nn.functional.cosine_similarity(a, b, dim=2)  # per embedding position
+    assert cosine.median() > 0.99 and cosine.min() > 0.9
+    with pytest.raises(ValueError, match="must be auto, fp32 or bf16"):
+        FeatureCache(cases, encoder, precision="fp16")
 
 
 @pytest.mark.slow
