@@ -19,15 +19,16 @@ import torch
 from shared.cases import CaseCache
 from shared.manifest import resolve_dataset
 from stage2_segment import postprocess
-from stage2_segment.modeling.box_reference import BoxPromptedSAM, boxes_from_labels
 from stage2_segment.modeling.encoders import FrozenImageEncoder
-from stage2_segment.runs import cpu_has_bf16
+from stage2_segment.refine import BoxRefiner
+from stage2_segment.runs import cpu_has_bf16, mixed_precision
 
 
-def encode(encoder: FrozenImageEncoder, images: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, float]:
-    """Embeddings (float32) of ``images`` ``N x 1 x S x S`` one at a time, and seconds per image."""
+def encode(encoder: FrozenImageEncoder, images: torch.Tensor, precision: str) -> tuple[torch.Tensor, float]:
+    """Embeddings (float32) of ``images`` ``N x 1 x S x S`` one at a time, in ``precision`` as the feature cache
+    runs the encoder, and seconds per image."""
     out, start = [], time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with mixed_precision(torch.device("cpu"), precision):
         for image in images:
             out.append(encoder(image[None]).float())
     return torch.cat(out), (time.perf_counter() - start) / len(images)
@@ -54,16 +55,13 @@ def main() -> None:
             images.append(case.image[reference, z])
             labels.append(case.label[z])
     images_t = torch.from_numpy(np.asarray(images, np.float32))[:, None]
-    classes = np.zeros(256, np.int64)
-    classes[list(targets.values())] = np.arange(1, len(targets) + 1)
-    label_classes = torch.from_numpy(classes[np.asarray(labels)])
     threads, native = torch.get_num_threads(), cpu_has_bf16()
     print(f"{len(images)} slices of {len(case_ids)} cases, {threads} threads, bf16 native on this CPU: {native}")
 
     encoder = FrozenImageEncoder()
-    encode(encoder, images_t[:2], False), encode(encoder, images_t[:2], True)  # warm-up
-    fp32, fp32_s = encode(encoder, images_t, False)
-    bf16, bf16_s = encode(encoder, images_t, True)
+    encode(encoder, images_t[:2], "fp32"), encode(encoder, images_t[:2], "bf16")  # warm-up
+    fp32, fp32_s = encode(encoder, images_t, "fp32")
+    bf16, bf16_s = encode(encoder, images_t, "bf16")
     fp32, bf16 = fp32.half().float(), bf16.half().float()  # what the cache stores
     relative = ((bf16 - fp32).norm(dim=1) / fp32.norm(dim=1)).flatten()  # per embedding position
     print(f"fp32 {fp32_s:.3f} s per image, bf16 {bf16_s:.3f} s per image ({fp32_s / bf16_s:.2f}x)")
@@ -72,17 +70,10 @@ def main() -> None:
         f"p99 {relative.quantile(0.99):.4f}"
     )
 
-    model = BoxPromptedSAM(len(targets)).eval()
-    boxes = boxes_from_labels(label_classes, len(targets))
     truth = np.asarray(labels)
-    values = np.asarray([0, *targets.values()], np.uint8)
+    box_reference = BoxRefiner(list(targets.values()))  # the frozen box decoder, prompted with each class's box
     for name, embeddings in (("fp32", fp32), ("bf16", bf16)):
-        predicted = np.concatenate(
-            [
-                values[model(embeddings[i : i + 8, None], boxes[i : i + 8]).argmax(1).numpy()]
-                for i in range(0, len(embeddings), 8)
-            ]
-        )
+        predicted = box_reference.box_prompted(truth, embeddings[:, None].numpy())
         dice = [postprocess.dice(predicted == v, truth == v) for v in targets.values()]
         print(
             f"box reference from {name} embeddings, Dice over the slices: "
