@@ -1,6 +1,6 @@
 """Augmented copies of the training slices, computed once and cached like the originals.
 
-The image encoder is frozen and costs ~1.4 s per image on a CPU, so augmenting in image space every step
+The image encoder is frozen and costs 0.2-0.5 s per image on a 2-core CPU, so augmenting in image space every step
 would cost more than the decoder step it feeds. Instead each training case gets ``--augment-copies K``
 augmented versions, encoded once (``FeatureCache`` variant ``k``, with the label moved the same way), and
 every epoch each slice is drawn from its original or one of its copies (``variant``, seeded by run seed,
@@ -22,7 +22,7 @@ from scipy import ndimage
 
 # Part of each cached copy's signature: bump it when the transform changes, so stale copies are recomputed.
 # Version 2 widened version 1's ranges (±10°, 0.9-1.1, ±6 %): on the dev data's cross-validation it lifted the
-# spleen by 0.03 with both seeds measured (README, "Stronger spatial augmentation").
+# spleen by 0.03 with both seeds measured (docs/experiments/2026-12-03-stronger-spatial-augmentation.md).
 AUGMENT_VERSION = 2
 MAX_ROTATION_DEG = 15.0
 SCALE = (0.8, 1.25)

@@ -1,11 +1,13 @@
 """The image-embedding cache: the frozen encoder runs once per slice and modality, never per epoch.
 
-``$ZEUS_HOME/features/<dataset>/<encoder>[-bf16]-<size>px/<case>.npy``: float16 ``[Z, C, 256, 64, 64]``
+``$ZEUS_HOME/features/<dataset>/<encoder>-<precision>-<build>-<size>px/<case>.npy``: float16 ``[Z, C, 256, 64, 64]``
 (C = modalities, or 1 for early fusion, whose encoder sees the modalities stacked as input channels), with
 ``<case>.json`` holding the preprocessed case's image signature and the encoder's cost (images, seconds) for
-the report. Written atomically; recomputed when the case's images change. The encoder runs in fp32 or in
-bf16 autocast (``--encoder-precision``; ``auto`` as for training), each precision with its own folder.
-Uncompressed ``.npy`` so training memory-maps it and reads only the slices of a batch.
+the report. Written atomically; recomputed when the case's images change. The encoder runs in fp32 or bf16
+(``--encoder-precision``; ``auto`` as for training) the fast way of ``modeling.encoder_runtime``; the folder
+name says the precision and the runtime's build (``ENCODER_BUILD``), so embeddings computed another way are
+never mixed in: they are recomputed under the new name. Uncompressed ``.npy`` so training memory-maps it and
+reads only the slices of a batch.
 
 Augmented copies (``--augment-copies``, ``stage2_segment.augment``): ``<case>.aug<k>.npy`` with the label moved
 the same way in ``<case>.aug<k>.label.npy`` (uint8 ``[Z, S, S]`` label values) and ``<case>.aug<k>.json``.
@@ -29,9 +31,20 @@ from shared.workspace import features_dir
 from stage2_segment.augment import AUGMENT_VERSION, SliceAugmentation
 from stage2_segment.config import TrainConfig
 from stage2_segment.modeling.encoders import FrozenImageEncoder
-from stage2_segment.runs import mixed_precision, resolve_precision
+from stage2_segment.runs import resolve_precision
 
 log = logging.getLogger(__name__)
+
+# How the encoder is run (``encoder_runtime``: folded batch norms, row strips, bf16 weights, compiled); part of
+# the cache folder's name. Build 1 (folders without it) ran the stock module, in bf16 autocast where bf16.
+ENCODER_BUILD = "b2"
+# Images per encoder call: on the CPU one at a time is fastest (the activations stay in the cache; batches of 8
+# took 1.6x longer per image, benchmarks/README.md); a GPU wants large batches.
+CPU_BATCH, GPU_BATCH = 1, 32
+# torch.compile costs 20-40 s on 2 CPU cores (less once inductor's disk cache is warm) and saves 0.05 s per image
+# there (0.222 -> 0.176 s in bf16): it pays from several hundred images on, so smaller jobs (a scan to predict,
+# the tests' tiny datasets) run the same fast module eagerly.
+COMPILE_MIN_IMAGES = 512
 
 
 class FeatureCache:
@@ -44,19 +57,22 @@ class FeatureCache:
         device: str = "cpu",
         precision: str = "auto",
         batch_size: int | None = None,
+        compile: bool | None = None,
         root: Path | None = None,
     ):
         """``precision``: the encoder's, auto (``stage2_segment.runs.resolve_precision`` on ``device``), fp32 or
-        bf16 (autocast)."""
+        bf16; ``compile``: torch.compile the encoder, or (None) only when at least ``COMPILE_MIN_IMAGES`` images are
+        to be encoded at once."""
         self.cases, self.encoder, self.early = cases, encoder, early
         self.precision = resolve_precision(torch.device(device), precision)
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"the encoder's precision must be auto, fp32 or bf16, got {precision!r}")
-        # On CPU one image at a time is fastest (1.33 s vs 1.80 s per image at batch 8, 2 cores); GPUs want batches.
-        self.device, self.batch_size = device, batch_size or (1 if device == "cpu" else 8)
+        self.device = torch.device(device)
+        self.batch_size = batch_size or (CPU_BATCH if self.device.type == "cpu" else GPU_BATCH)
+        self.compile, self._prepared = compile, None
         # "colours": each modality has its own pretrained colour kernel (`early_fusion_kernels`)
         name = f"{encoder.name}-early{encoder.in_channels}-colours" if early else encoder.name
-        name += "-bf16" if self.precision == "bf16" else ""  # bf16 and fp32 embeddings never share a cache
+        name += f"-{self.precision}-{ENCODER_BUILD}"  # precisions and builds never share a cache
         self.folder = root or features_dir(cases.dataset.name, f"{name}-{cases.image_size}px")
 
     def _stem(self, case_id: str, copy: int) -> str:
@@ -99,10 +115,31 @@ class FeatureCache:
             return False
         return True
 
+    def pending(self, case_ids: list[str], copies: int = 0) -> list[tuple[str, int]]:
+        """The (case, copy) entries not cached yet, copy 0 being the case itself."""
+        return [(c, k) for c in case_ids for k in range(copies + 1) if not self.is_current(c, k)]
+
+    def image_count(self, entries: list[tuple[str, int]]) -> int:
+        """How many encoder images the entries take: slices x modalities (slices for early fusion)."""
+        per_slice = 1 if self.early else len(self.cases.dataset.manifest.modalities)
+        return per_slice * sum(self.cases.meta(case_id).grid.size[2] for case_id, _ in entries)
+
+    def seconds_per_image(self, case_id: str, slices: int = 4, images: int = COMPILE_MIN_IMAGES) -> float:
+        """Measured on ``slices`` slices of a case, with the encoder prepared as for encoding ``images`` images (so
+        compiled where that pays) and after a warm-up call."""
+        self.prepared_encoder(images)
+        pixels = self.cases.load(case_id).image[:, :slices]
+        self._compute(pixels[:, :1])
+        start = time.perf_counter()
+        embeddings = self._compute(pixels)
+        return (time.perf_counter() - start) / (embeddings.shape[0] * embeddings.shape[1])
+
     def ensure(self, case_ids: list[str], progress: bool = True, copies: int = 0) -> int:
         """Compute the embeddings (and ``copies`` augmented copies) of the cases not cached yet; returns how
         many entries were computed."""
-        todo = [(c, k) for c in case_ids for k in range(copies + 1) if not self.is_current(c, k)]
+        todo = self.pending(case_ids, copies)
+        if todo and self._prepared is None:
+            self.prepared_encoder(images=self.image_count(todo))
         for case_id, copy in tqdm(todo, desc="image embeddings", unit="entry", disable=not progress):
             start = time.perf_counter()
             image = self.cases.load(case_id, with_label=copy > 0)
@@ -130,6 +167,14 @@ class FeatureCache:
         """uint8 ``[Z, S, S]`` label values of augmented copy ``copy``."""
         return np.load(self.label_path(case_id, copy))
 
+    def prepared_encoder(self, images: int = COMPILE_MIN_IMAGES) -> FrozenImageEncoder:
+        """The encoder prepared for this cache's device and precision, built on first use only (a warm cache costs
+        nothing); compiled as ``compile`` says, or where ``images`` are to be encoded, as many as pay for it."""
+        if self._prepared is None:
+            compile = self.compile if self.compile is not None else images >= COMPILE_MIN_IMAGES
+            self._prepared = self.encoder.for_inference(self.device, self.precision, compile=compile)
+        return self._prepared
+
     @torch.no_grad()
     def _compute(self, pixels: np.ndarray) -> np.ndarray:
         image = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))  # C x Z x S x S
@@ -138,12 +183,11 @@ class FeatureCache:
             inputs = image.permute(1, 0, 2, 3)  # Z x C x S x S: one pass over all modalities
         else:
             inputs = image.permute(1, 0, 2, 3).reshape(slices * channels, 1, *image.shape[2:])
-        encoder = self.encoder.to(self.device)
-        with mixed_precision(torch.device(self.device), self.precision):
-            out = [
-                encoder(inputs[i : i + self.batch_size].to(self.device)).to("cpu", torch.float16)
-                for i in range(0, len(inputs), self.batch_size)
-            ]
+        encoder = self.prepared_encoder()
+        out = [
+            encoder(inputs[i : i + self.batch_size]).to("cpu", torch.float16)
+            for i in range(0, len(inputs), self.batch_size)
+        ]
         embeddings = torch.cat(out).numpy()
         return embeddings.reshape(slices, 1 if self.early else channels, *embeddings.shape[1:])
 

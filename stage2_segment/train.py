@@ -121,11 +121,55 @@ def prepare_training_data(
     splits = ensure_splits(dataset.name, cases.cached_case_ids())
     train_ids, val_ids = (list(ids) for ids in splits.fold(config.fold))
     features = feature_cache(config, cases, device) if config.uses_features else None
+    if features is not None and distributed.main and config.time_budget is not None:
+        check_encoding_budget(features, train_ids, val_ids, config)
     if features is not None and distributed.main:
         features.ensure(train_ids, progress=progress, copies=config.augment_copies)
         features.ensure(val_ids, progress=progress)
     distributed.barrier()
     return TrainingData(dataset, cases, train_ids, val_ids, features, instructions)
+
+
+# Encoding must leave at least this share of a --time-budget to training, or the schedule is too short to be
+# worth running (a few epochs): then the run is refused before any work, with what to change.
+MIN_TRAINING_SHARE = 0.5
+
+
+def check_encoding_budget(
+    features: FeatureCache, train_ids: list[str], val_ids: list[str], config: TrainConfig
+) -> None:
+    """Estimate the encoding still to do from a measured batch, log it, and refuse a budget it would mostly use."""
+    originals = features.pending(train_ids + val_ids)
+    copies = [e for e in features.pending(train_ids, config.augment_copies) if e[1] > 0]
+    if not originals and not copies:
+        return
+    images_originals, images_copies = features.image_count(originals), features.image_count(copies)
+    per_image = features.seconds_per_image((originals or copies)[0][0], images=images_originals + images_copies)
+    seconds_originals, seconds_copies = per_image * images_originals, per_image * images_copies
+    encoding = seconds_originals + seconds_copies
+    log.info(
+        "encoding %d cached entries: about %.1f min (%.3f s per image, measured)",
+        len(originals) + len(copies),
+        encoding / 60,
+        per_image,
+    )
+    if encoding <= (1 - MIN_TRAINING_SHARE) * config.time_budget:
+        return
+    advice = [f"raise --time-budget to at least {_minutes(encoding / (1 - MIN_TRAINING_SHARE))}"]
+    if config.augment_copies:
+        per_copy = seconds_copies / config.augment_copies
+        fitting = int(((1 - MIN_TRAINING_SHARE) * config.time_budget - seconds_originals) // per_copy)
+        lower = f"lower --augment-copies from {config.augment_copies} to {max(0, fitting)}"
+        advice.insert(0, f"{lower} ({_minutes(per_copy)} each)")
+    raise ZeusError(
+        f"encoding the images not cached yet takes about {_minutes(encoding)} on {features.device} "
+        f"({per_image:.2f} s per image, measured), more than {(1 - MIN_TRAINING_SHARE) * 100:.0f} % of --time-budget "
+        f"{_minutes(config.time_budget)}: too little would be left to train. " + ", or ".join(advice) + "."
+    )
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
 def _check_image_size(cases: CaseCache) -> None:

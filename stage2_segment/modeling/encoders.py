@@ -7,6 +7,7 @@ checkpoint file: the slice is resized to 1024 px and normalised with SAM's pixel
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from shared.errors import ZeusError
 from stage2_segment.modeling.checkpoints import module_state
+from stage2_segment.modeling.encoder_runtime import InferenceEncoder
 
 ENCODERS = ("litemedsam", "sam-vit-b")
 
@@ -124,6 +126,12 @@ class FrozenImageEncoder(nn.Module):
         if checkpoint is None:
             raise ZeusError("--encoder sam-vit-b needs --encoder-checkpoint (a SAM or MedSAM ViT-B .pth file)")
         return cls(build_sam_vit_b(checkpoint), name=f"sam-vit-b-{checkpoint.stem}")
+
+    def for_inference(self, device: torch.device, precision: str, compile: bool = True) -> FrozenImageEncoder:
+        """A copy run the fast way (``encoder_runtime.InferenceEncoder``) on ``device`` in ``precision`` (fp32 or
+        bf16 weights and activations); it returns float32 embeddings. This encoder stays as it is."""
+        prepared = InferenceEncoder(copy.deepcopy(self.encoder), device, precision, compile=compile)
+        return FrozenImageEncoder(prepared, in_channels=self.in_channels, name=self.name)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -40,3 +40,25 @@ def test_measuring_trains_a_throwaway_trainer_and_gives_positive_figures(stage2_
     train_seconds, validation_seconds = trainer.measure_epoch_seconds(steps=1)
     assert train_seconds > 0 and validation_seconds > 0
     assert not trainer.run_dir.exists()  # nothing written to the run folder
+
+
+def test_the_budget_refuses_up_front_when_encoding_would_take_most_of_it(stage2_dataset, tmp_path, monkeypatch):
+    from shared.cases import CaseCache
+    from stage2_segment.features import FeatureCache
+    from stage2_segment.modeling.encoders import FrozenImageEncoder
+    from stage2_segment.train import check_encoding_budget
+
+    empty = FeatureCache(CaseCache(stage2_dataset, 256), FrozenImageEncoder(), compile=False, root=tmp_path / "f")
+    assert 0 < empty.seconds_per_image("demo_001", slices=1) < 60  # really measured, on one slice
+    assert empty.image_count(empty.pending(["demo_001"])) == 3 * 3  # 3 slices x 3 modalities
+    # 10 s per image: the 2 cases are 180 s, each augmented copy of the training case 90 s -> 360 s in all
+    monkeypatch.setattr(FeatureCache, "seconds_per_image", lambda self, case_id, slices=4, images=0: 10.0)
+    config = TrainConfig(fusion="late", text="template", augment_copies=2, time_budget=600.0)
+    with pytest.raises(ZeusError) as refused:
+        check_encoding_budget(empty, ["demo_001"], ["demo_002"], config)
+    message = str(refused.value)
+    assert "takes about 6 min" in message and "10.00 s per image" in message and "more than 50 %" in message
+    assert "lower --augment-copies from 2 to 1 (90 s each)" in message  # (300 - 180) // 90
+    assert "raise --time-budget to at least 12 min" in message
+    check_encoding_budget(empty, ["demo_001"], ["demo_002"], TrainConfig(**{**config.to_json(), "time_budget": 720.0}))
+    assert not list((tmp_path / "f").glob("*.npy"))  # the check encodes nothing it keeps

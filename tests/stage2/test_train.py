@@ -414,11 +414,10 @@ def test_zeus_defaults_to_the_measured_recipe_and_other_models_to_none_of_it():
         TrainConfig(encoder_precision="fp16")
 
 
-def test_the_encoder_precision_has_its_own_cache_and_bf16_stays_close_to_fp32(stage2_dataset):
+def test_the_cache_encodes_in_its_precision_and_bf16_stays_close_to_fp32(stage2_dataset):
     cases = CaseCache(stage2_dataset, 256)
     encoder = FrozenImageEncoder()
-    fp32, bf16 = (FeatureCache(cases, encoder, precision=p) for p in ("fp32", "bf16"))
-    assert (fp32.folder.name, bf16.folder.name) == ("litemedsam-tinyvit-256px", "litemedsam-tinyvit-bf16-256px")
+    fp32, bf16 = (FeatureCache(cases, encoder, precision=p, compile=False) for p in ("fp32", "bf16"))
     assert FeatureCache(cases, encoder).precision == ("bf16" if cpu_has_bf16() else "fp32")  # auto, on the CPU
     pixels = cases.load("demo_001", with_label=False).image[:1, 1:2]  # one modality, one slice
     a, b = (torch.from_numpy(cache._compute(pixels).astype(np.float32)) for cache in (fp32, bf16))
