@@ -26,8 +26,9 @@ BOX_REFERENCE = "litemedsam-boxes"
 FUSIONS = ("early", "hybrid", "late")
 # per-target: one decoder pass per (image, target), as SAM; joint: all targets of an image in one pass.
 DECODERS = ("per-target", "joint")
-# The recipe measured on the real dev data (README: "Real data", "Defaults from the dev data"): a Zeus run trains with
-# these unless told otherwise. The U-Net baseline and the box reference read neither (their default is 0).
+# The recipe measured on the real dev data (docs/reference.md, "Defaults from the dev data"; docs/experiments/):
+# a Zeus run trains with these unless told otherwise. The U-Net baseline and the box reference read neither
+# (their default is 0).
 RECIPE_AUGMENT_COPIES = 2
 RECIPE_SLICE_CONTEXT = 1
 # How --lr is scaled with --batch-size (from the batch REFERENCE_BATCH it was tuned at): none, linear or sqrt.
@@ -55,13 +56,14 @@ class TrainConfig:
     warmup_steps: int = 10
     # validate, keep and predict with an exponential moving average of the weights, updated every step with
     # this decay (0: the trained weights themselves). Off by default: 0.99 did not beat the trained weights on
-    # the dev data (README, "A moving average of the weights")
+    # the dev data (docs/experiments/2026-12-04-a-moving-average-of-the-weights.md)
     ema_decay: float = 0.0
     seed: int = 0
     precision: str = "auto"  # one of PRECISIONS
     # The frozen encoder's precision when it fills the image-embedding cache (one of PRECISIONS; bf16 caches
-    # live in their own folder). bf16 encodes 1.8x faster on 2 CPU cores with native bf16 and leaves the
-    # box-prompted reference's Dice on the dev data within 0.001 (benchmarks/encoder.py; README, "Real data")
+    # live in their own folder). bf16 encodes 2.6x faster than fp32 on 2 CPU cores with AMX and leaves the
+    # box-prompted reference's Dice on the dev data within 0.001 (benchmarks/encoder.py; docs/experiments/
+    # 2026-12-04-the-frozen-encoder-in-bf16.md and 2026-12-06-encoder-speed.md)
     encoder_precision: str = "auto"
     num_tokens: int = 2
     # 2.5-D: each slice's embedding also takes in the embeddings of this many slices on either side

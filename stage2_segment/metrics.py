@@ -1,6 +1,6 @@
 """Segmentation metrics: Dice, IoU and HD95 per case and class, on label volumes or slices.
 
-Definitions (also in the README; every number of ``zeus evaluate`` and the report follows them):
+Definitions (also in docs/reference.md; every number of ``zeus evaluate`` and the report follows them):
 
 - **Dice** = 2|P ∩ G| / (|P| + |G|) and **IoU** = |P ∩ G| / |P ∪ G|, over the voxels of one class.
 - **HD95** (mm) = max(d95(P → G), d95(G → P)): d95(A → B) is the 95th percentile of the distances from every

@@ -59,8 +59,8 @@ def cpu_has_bf16() -> bool:
 
 def resolve_precision(device: torch.device, precision: str = "auto") -> str:
     """``auto``: bf16 on CUDA and on a CPU that computes bf16 natively (on the dev data it kept validation
-    Dice within 0.005 of fp32 and trained 15 % faster: README, "Real data"); fp32 on other CPUs, where bf16
-    would be emulated and slower."""
+    Dice within 0.005 of fp32 and trained 15 % faster: docs/experiments/2026-12-03-earlier-figures-on-the-old-
+    split.md); fp32 on other CPUs, where bf16 would be emulated and slower."""
     if precision == "auto":
         return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()) else "fp32"
     return precision

@@ -10,7 +10,7 @@ body, 31 % of the section, similar to the body average: fits the liver well". Th
 position within the *body's* extent in the scan (first to last slice with body), not within the scan.
 
 The description's text fields are what the instruct step reads; ``facts`` holds the numbers behind them
-(schema in the README, "Stage 1 descriptions").
+(schema in docs/reference.md, "Descriptions").
 """
 
 from __future__ import annotations
