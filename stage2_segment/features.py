@@ -70,8 +70,10 @@ class FeatureCache:
         self.device = torch.device(device)
         self.batch_size = batch_size or (CPU_BATCH if self.device.type == "cpu" else GPU_BATCH)
         self.compile, self._prepared = compile, None
-        # "colours": each modality has its own pretrained colour kernel (`early_fusion_kernels`)
-        name = f"{encoder.name}-early{encoder.in_channels}-colours" if early else encoder.name
+        # "colours": each modality has its own pretrained colour kernel; "hues" (more than 3 modalities): its own
+        # mixture of them (`colour_mixture`)
+        mixing = "colours" if encoder.in_channels <= 3 else "hues"
+        name = f"{encoder.name}-early{encoder.in_channels}-{mixing}" if early else encoder.name
         name += f"-{self.precision}-{ENCODER_BUILD}"  # precisions and builds never share a cache
         self.folder = root or features_dir(cases.dataset.name, f"{name}-{cases.image_size}px")
 

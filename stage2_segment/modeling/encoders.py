@@ -8,6 +8,7 @@ checkpoint file: the slice is resized to 1024 px and normalised with SAM's pixel
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from pathlib import Path
 
@@ -47,21 +48,33 @@ def build_tiny_vit(pretrained: bool = True) -> nn.Module:
     return encoder
 
 
+def colour_mixture(channels: int) -> torch.Tensor:
+    """``channels x 3``: how much of each pretrained colour kernel each modality gets; every column sums to 1.
+
+    Up to 3 modalities, plain colours: with 3, modality c is colour c; with fewer, colour j goes to modality
+    ``j % channels``. With more, modality c gets the hue at angle ``2 pi c / channels`` on the colour wheel,
+    ``(1 + cos(angle - 2 pi j / 3)) / 3`` of colour j, then each colour is shared out in proportion: no two
+    modalities get the same mixture, so none share a colour.
+    """
+    if channels <= 3:
+        mixture = torch.zeros(channels, 3)
+        for colour in range(3):
+            mixture[colour % channels, colour] = 1.0
+        return mixture
+    angles = 2 * math.pi * torch.arange(channels)[:, None] / channels - 2 * math.pi * torch.arange(3)[None] / 3
+    hues = (1 + torch.cos(angles)) / 3
+    return hues / hues.sum(dim=0, keepdim=True)
+
+
 def early_fusion_kernels(rgb: torch.Tensor, channels: int) -> torch.Tensor:
     """``out x 3 x k x k`` pretrained RGB kernels -> ``out x channels x k x k``, one per modality.
 
-    Each modality gets its own pretrained colour kernel(s), so the modalities stay distinguishable (a false-
-    colour image, not their mean): with 3 modalities, modality c is colour c; with fewer, colour j goes to
-    modality ``j % channels``; with more, modality c shares colour ``c % 3`` with the others mapped to it. The
-    kernels of every colour always add up to the RGB sum, so identical modalities (a grey slice) give
-    exactly the pretrained embedding.
+    Each modality gets its own mixture of the pretrained colour kernels (``colour_mixture``), so the modalities
+    stay distinguishable (a false-colour image, not their mean) for any number of them. The kernels of every
+    colour add up to the RGB sum, so identical modalities (a grey slice) give exactly the pretrained embedding.
     """
-    out = torch.zeros(rgb.shape[0], channels, *rgb.shape[2:], dtype=rgb.dtype)
-    for colour in range(3):
-        mapped = [c for c in range(channels) if c % 3 == colour] if channels >= 3 else [colour % channels]
-        for c in mapped:
-            out[:, c] += rgb[:, colour] / len(mapped)
-    return out
+    mixture = colour_mixture(channels).to(rgb.dtype)
+    return torch.einsum("cj,ojhw->ochw", mixture, rgb)
 
 
 def adapt_input_channels(encoder: nn.Module, channels: int) -> nn.Module:

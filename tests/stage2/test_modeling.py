@@ -150,8 +150,19 @@ def test_early_fusion_kernels_keep_grey_and_separate_the_modalities(channels):
     kernels = early_fusion_kernels(rgb, channels)
     assert kernels.shape == (8, channels, 4, 4)
     torch.testing.assert_close(kernels.sum(dim=1), rgb.sum(dim=1))  # a grey slice sees the pretrained sum
-    if channels > 1:
-        assert not torch.allclose(kernels[:, 0], kernels[:, 1])  # two modalities are told apart
+    pairs = [(a, b) for a in range(channels) for b in range(a + 1, channels)]
+    assert all(not torch.allclose(kernels[:, a], kernels[:, b]) for a, b in pairs)  # no two modalities alike
+
+
+def test_up_to_three_modalities_keep_their_plain_colours_and_more_get_distinct_hues():
+    from stage2_segment.modeling.encoders import colour_mixture
+
+    torch.testing.assert_close(colour_mixture(3), torch.eye(3))
+    torch.testing.assert_close(colour_mixture(2), torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))
+    for channels in (4, 5, 7):
+        mixture = colour_mixture(channels)
+        torch.testing.assert_close(mixture.sum(dim=0), torch.ones(3))
+        assert torch.cdist(mixture, mixture).add(torch.eye(channels)).min() > 0.05  # every pair well apart
 
 
 def test_early_fusion_embedding_depends_on_which_modality_is_which():
