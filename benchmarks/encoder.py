@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from shared.cases import CaseCache
 from shared.manifest import resolve_dataset
-from stage2_segment import postprocess
+from stage2_segment import metrics
 from stage2_segment.features import CPU_BATCH, GPU_BATCH
 from stage2_segment.modeling.encoders import FrozenImageEncoder
 from stage2_segment.refine import BoxRefiner
@@ -153,7 +153,7 @@ def main() -> None:
     box_reference = BoxRefiner(list(targets.values()))  # the frozen box decoder, prompted with each class's box
     for name in ("stock fp32", "stock bf16 autocast (build 1)", "fast bf16, compiled (the cache's)"):
         predicted = box_reference.box_prompted(truth, embeddings[name][:, None].numpy())
-        dice = [postprocess.dice(predicted == v, truth == v) for v in targets.values()]
+        dice = [metrics.dice(predicted == v, truth == v) for v in targets.values()]
         print(f"box reference from {name}: " + " ".join(f"{t} {d:.4f}" for t, d in zip(targets, dice, strict=True)))
 
 

@@ -20,8 +20,8 @@ import numpy as np
 
 from shared.cases import CaseCache
 from shared.splits import load_splits
-from stage2_segment import postprocess
-from stage2_segment.predict import Predictor
+from stage2_segment import metrics, postprocess
+from stage2_segment.ensemble import load_predictor
 from stage2_segment.refine import BoxRefiner
 from stage2_segment.runs import RunFolder
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--margins", default="5", help="box margins in px, comma-separated")
     args = parser.parse_args()
 
-    predictor = Predictor.from_run(args.run)
+    predictor = load_predictor(args.run)
     dataset, config = predictor.dataset, predictor.config
     targets = dataset.manifest.targets
     cases = CaseCache(dataset, config.image_size)
@@ -63,7 +63,7 @@ def main() -> None:
                 versions[f"+ largest-piece boxes ({margin} px)"] = refiner(kept, embeddings, (), targets.values())
             versions["the run's decision"] = predictor.label_map(probabilities, embeddings)
             for name, labels in versions.items():
-                row = [postprocess.dice(labels == v, true == v) for v in targets.values()]
+                row = [metrics.dice(labels == v, true == v) for v in targets.values()]
                 dice.setdefault((split, name), []).append(row)
                 print(f"{split:4s} {case_id:16s} {name:28s}", " ".join(f"{d:.3f}" for d in row), flush=True)
     decision = RunFolder(args.run).read_postprocessing()

@@ -184,7 +184,7 @@ def postprocess(
     """Decide the run's 3-D post-processing on its validation cases (``zeus train`` does this itself; this is
     for runs trained before it did): per class, keep the largest connected component, then redraw the class with
     the box-prompted decoder inside the boxes of its prediction, each step where it raises validation Dice."""
-    from stage2_segment.postprocess import decide_for_run
+    from stage2_segment.finalize import decide_for_run
 
     decision = decide_for_run(run)
     if decision is None:
@@ -215,8 +215,8 @@ def ensemble(
     the ensemble on the members' validation cases (each predicted by the members that did not train on it), then
     evaluated on the test cases (on the validation cases, out of fold, where the split has no test set). The
     ensemble is a run folder: `zeus predict --run` and `zeus report` take it like any run."""
-    from stage2_segment.ensemble import ensemble_and_evaluate
     from stage2_segment.evaluate import format_summary
+    from stage2_segment.finalize import ensemble_and_evaluate
 
     folder, summary = ensemble_and_evaluate(runs, name, root=root)
     typer.echo(format_summary(summary))

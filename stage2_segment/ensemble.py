@@ -3,9 +3,9 @@
 
 An ensemble is a run folder beside its members (``$ZEUS_HOME/runs/<dataset>/<name>/``) whose ``config.json``
 (``RunInfo``) names its members (``RunInfo.ensemble``, folder names in the same dataset's runs folder) and
-carries the first member's training configuration; it has no checkpoint of its own. ``Predictor.from_run``
-of an ensemble loads every member (``EnsemblePredictor``), so ``zeus evaluate``, ``zeus predict``,
-``zeus postprocess`` and the report treat it as any run.
+carries the first member's training configuration; it has no checkpoint of its own. ``load_predictor`` of an
+ensemble loads every member (``EnsemblePredictor``), so ``zeus evaluate``, ``zeus predict``, ``zeus postprocess``
+and the report treat it as any run. Deciding its post-processing and evaluating it: ``stage2_segment.finalize``.
 
 Members must predict the same thing from the same inputs: the same dataset, image size, image encoder (and
 early fusion or not: one image-embedding cache serves all) and stage-1 instruction store. They may differ in
@@ -22,18 +22,18 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from shared.cases import CaseCache
 from shared.errors import ZeusError
 from shared.paths import check_name
 from shared.provenance import git_revision, package_versions
 from shared.splits import load_splits
-from stage2_segment.runs import BEST, RUN_PACKAGES, RunFolder, RunInfo, reported_split
-
-if TYPE_CHECKING:
-    from stage2_segment.evaluate import EvaluationSummary
+from stage2_segment.features import FeatureCache
+from stage2_segment.instructions import InstructionTable
+from stage2_segment.predict import Predictor
+from stage2_segment.runs import BEST, RUN_PACKAGES, RunFolder, RunInfo
 
 log = logging.getLogger(__name__)
 
@@ -123,24 +123,56 @@ def create_ensemble(members: list[Path], name: str) -> RunFolder:
     return ensemble
 
 
-def ensemble_and_evaluate(
-    members: list[Path], name: str, *, root: Path | None = None, progress: bool = True
-) -> tuple[RunFolder, EvaluationSummary]:
-    """``zeus ensemble``: the ensemble's folder, its post-processing decided on the members' validation cases,
-    then its evaluation on the split the report shows (validation cases, out of fold, where there is no test
-    set). Returns the ensemble and its ``EvaluationSummary``."""
-    from stage2_segment.evaluate import evaluate_run
-    from stage2_segment.postprocess import decide_for_run
-
-    folder = create_ensemble(members, name)
-    decide_for_run(folder.path, root=root, progress=progress)
-    split = reported_split(folder.read_info().dataset)
-    return folder, evaluate_run(folder.path, split=split, root=root, progress=progress)
-
-
 def mean_probabilities(probabilities: list[np.ndarray]) -> np.ndarray:
     """The members' softmax probabilities ``[T + 1, Z, S, S]`` averaged (still a distribution per voxel)."""
     shapes = {p.shape for p in probabilities}
     if len(shapes) != 1:
         raise ValueError(f"ensemble members predicted different shapes: {sorted(shapes)}")
     return np.mean(np.stack(probabilities), axis=0, dtype=np.float32)
+
+
+class EnsemblePredictor(Predictor):
+    """Several runs as one (``stage2_segment.ensemble``): the mean of the members' softmax probabilities, then
+    the ensemble's own post-processing. The members share the image-embedding cache and instruction store,
+    so ``features`` and ``instructions`` (the first member's) serve them all."""
+
+    def __init__(self, run: RunFolder, info: RunInfo, members: list[Predictor]):
+        self.members = members
+        first = members[0]
+        super().__init__(run, info, first.dataset, info.train, first.model, first.device)
+
+    @classmethod
+    def from_ensemble(
+        cls, run: RunFolder, info: RunInfo, *, root: Path | None = None, checkpoint: str = BEST
+    ) -> EnsemblePredictor:
+        """``info``: the ensemble's ``config.json``."""
+        folders = run.members(info)
+        check_members(folders)
+        return cls(run, info, [Predictor.from_run(f.path, root=root, checkpoint=checkpoint) for f in folders])
+
+    def members_for(self, case_id: str) -> list[Predictor]:
+        """The members that did not train on the case (all of them for a test case or a new scan; in an
+        ensemble of folds, a validation case's own fold), or all when every member trained on it."""
+        unseen = [m for m in self.members if case_id not in m.info.train_cases]
+        return unseen or self.members
+
+    def predict_case(
+        self,
+        case_id: str,
+        cases: CaseCache,
+        features: FeatureCache | None,
+        instructions: InstructionTable | None,
+        batch_size: int = 4,
+    ) -> np.ndarray:
+        return mean_probabilities(
+            [m.predict_case(case_id, cases, features, instructions, batch_size) for m in self.members_for(case_id)]
+        )
+
+
+def load_predictor(run_dir: Path, *, root: Path | None = None, checkpoint: str = BEST) -> Predictor:
+    """The predictor of any run folder: an ``EnsemblePredictor`` for an ensemble, else ``Predictor.from_run``."""
+    run = RunFolder(run_dir)
+    info = run.read_info() if run.is_run() else None
+    if info is not None and info.ensemble:
+        return EnsemblePredictor.from_ensemble(run, info, root=root, checkpoint=checkpoint)
+    return Predictor.from_run(run_dir, root=root, checkpoint=checkpoint)

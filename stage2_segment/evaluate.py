@@ -40,7 +40,7 @@ from shared.readers import Layout, open_layout
 from shared.readers.base import IMAGE_ENDINGS, check_label_values, image_stem, read_image_file, visible_files
 from shared.splits import load_splits
 from stage2_segment import metrics
-from stage2_segment.predict import Predictor
+from stage2_segment.ensemble import load_predictor
 from stage2_segment.runs import (
     BEST,
     ClassSummary,
@@ -202,7 +202,7 @@ def evaluate_run(
     run_dir: Path, *, split: str = "test", root: Path | None = None, progress: bool = True
 ) -> EvaluationSummary:
     """Predict and score a run's test cases (``split="test"``) or its validation fold (``"val"``)."""
-    predictor = Predictor.from_run(run_dir, root=root)
+    predictor = load_predictor(run_dir, root=root)
     dataset, config = predictor.dataset, predictor.config
     case_ids = _split_cases(predictor.info, split)
     cases = CaseCache(dataset, config.image_size)

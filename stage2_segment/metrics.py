@@ -31,6 +31,12 @@ class Scores:
     true_voxels: int
 
 
+def dice(predicted: np.ndarray, true: np.ndarray) -> float:
+    """Dice of two boolean masks of equal shape; NaN where both are empty (the case says nothing of the class)."""
+    total = int(predicted.sum()) + int(true.sum())
+    return float("nan") if total == 0 else 2 * int(np.logical_and(predicted, true).sum()) / total
+
+
 def score_masks(predicted: np.ndarray, true: np.ndarray, spacing: tuple[float, ...]) -> Scores:
     """Boolean masks of equal shape (2-D or 3-D), ``spacing`` in mm per array axis."""
     p, g = int(predicted.sum()), int(true.sum())
@@ -38,10 +44,8 @@ def score_masks(predicted: np.ndarray, true: np.ndarray, spacing: tuple[float, .
         return Scores(np.nan, np.nan, np.nan, 0, 0)
     if p == 0 or g == 0:
         return Scores(0.0, 0.0, extent_diagonal(true.shape, spacing), p, g)
-    intersection = int(np.logical_and(predicted, true).sum())
-    return Scores(
-        2 * intersection / (p + g), intersection / (p + g - intersection), hd95(predicted, true, spacing), p, g
-    )
+    overlap = dice(predicted, true)
+    return Scores(overlap, overlap / (2 - overlap), hd95(predicted, true, spacing), p, g)  # IoU = D / (2 - D)
 
 
 def hd95(predicted: np.ndarray, true: np.ndarray, spacing: tuple[float, ...]) -> float:

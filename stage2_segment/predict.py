@@ -1,8 +1,9 @@
 """Prediction: a trained run segments prepared cases and writes label maps in the scanner's geometry.
 
-``Predictor.from_run`` rebuilds the model from the run folder (``RunInfo`` + a checkpoint). For a case it
-returns softmax probabilities on the model slices, float32 ``[T + 1, Z, S, S]`` (channel 0 background, t + 1
-the t-th target of the manifest), and writes them back on the reference modality's original grid:
+``Predictor.from_run`` rebuilds the model from the run folder (``RunInfo`` + a checkpoint); ensembles are built
+on it in ``stage2_segment.ensemble``, and the post-processing it applies is decided in ``stage2_segment.finalize``.
+For a case it returns softmax probabilities on the model slices, float32 ``[T + 1, Z, S, S]`` (channel 0
+background, t + 1 the t-th target of the manifest), and writes them back on the reference modality's original grid:
 
 - ``<case>.nii.gz``: uint8 label map with the manifest's label values (0 background), same size, spacing,
   origin and direction as the reference image on disk;
@@ -29,7 +30,6 @@ from shared.workspace import slug
 from stage2_segment import postprocess
 from stage2_segment.config import BOX_REFERENCE, TrainConfig
 from stage2_segment.data import SliceDataset, forward_batch
-from stage2_segment.ensemble import check_members, mean_probabilities
 from stage2_segment.features import FeatureCache, feature_cache
 from stage2_segment.instructions import InstructionTable, instruction_table
 from stage2_segment.modeling.build import build_model
@@ -87,11 +87,11 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_dir: Path, *, root: Path | None = None, checkpoint: str = BEST) -> Predictor:
-        """The run's predictor; for an ensemble, an ``EnsemblePredictor`` of its members."""
+        """The predictor of a trained run (an ensemble's: ``stage2_segment.ensemble.load_predictor``)."""
         run = RunFolder(run_dir)
         info = run.read_info() if run.is_run() else None
         if info is not None and info.ensemble:
-            return EnsemblePredictor.from_ensemble(run, info, root=root, checkpoint=checkpoint)
+            raise ZeusError(f"{run_dir} is an ensemble: load it with stage2_segment.ensemble.load_predictor")
         weights = run.checkpoint(checkpoint)
         if info is None or not weights.is_file():
             raise ZeusError(
@@ -201,41 +201,3 @@ class Predictor:
                 write_image(path, image)
                 written.append(path)
         return written
-
-
-class EnsemblePredictor(Predictor):
-    """Several runs as one (``stage2_segment.ensemble``): the mean of the members' softmax probabilities, then
-    the ensemble's own post-processing. The members share the image-embedding cache and instruction store,
-    so ``features`` and ``instructions`` (the first member's) serve them all."""
-
-    def __init__(self, run: RunFolder, info: RunInfo, members: list[Predictor]):
-        self.members = members
-        first = members[0]
-        super().__init__(run, info, first.dataset, info.train, first.model, first.device)
-
-    @classmethod
-    def from_ensemble(
-        cls, run: RunFolder, info: RunInfo, *, root: Path | None = None, checkpoint: str = BEST
-    ) -> EnsemblePredictor:
-        """``info``: the ensemble's ``config.json``."""
-        folders = run.members(info)
-        check_members(folders)
-        return cls(run, info, [Predictor.from_run(f.path, root=root, checkpoint=checkpoint) for f in folders])
-
-    def members_for(self, case_id: str) -> list[Predictor]:
-        """The members that did not train on the case (all of them for a test case or a new scan; in an
-        ensemble of folds, a validation case's own fold), or all when every member trained on it."""
-        unseen = [m for m in self.members if case_id not in m.info.train_cases]
-        return unseen or self.members
-
-    def predict_case(
-        self,
-        case_id: str,
-        cases: CaseCache,
-        features: FeatureCache | None,
-        instructions: InstructionTable | None,
-        batch_size: int = 4,
-    ) -> np.ndarray:
-        return mean_probabilities(
-            [m.predict_case(case_id, cases, features, instructions, batch_size) for m in self.members_for(case_id)]
-        )

@@ -39,6 +39,7 @@ from shared.splits import ensure_splits
 from stage2_segment.config import TrainConfig
 from stage2_segment.data import DeviceSlices, SliceDataset, forward_batch
 from stage2_segment.features import FeatureCache, feature_cache
+from stage2_segment.finalize import decide_for_run
 from stage2_segment.instructions import InstructionTable, instruction_table
 from stage2_segment.losses import union_loss
 from stage2_segment.metrics import VolumeOverlap
@@ -643,8 +644,6 @@ def train(dataset: Dataset, config: TrainConfig, *, resume: bool = False, progre
         log.info("no checkpoint in %s yet: starting the run", trainer.run_dir)
     result = trainer.fit()
     if distributed.main and data.val_ids:
-        from stage2_segment.postprocess import decide_for_run
-
         decide_for_run(result.run_dir, progress=progress)
     distributed.barrier()
     return result

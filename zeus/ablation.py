@@ -192,7 +192,7 @@ def _train_and_evaluate(dataset: Dataset, config: TrainConfig, split: str | None
 
 
 def _ensemble(dataset: Dataset, members: list[Path], name: str, progress: bool) -> None:
-    from stage2_segment.ensemble import ensemble_and_evaluate
+    from stage2_segment.finalize import ensemble_and_evaluate
 
     ensemble_and_evaluate(members, name, root=dataset.root, progress=progress)
 

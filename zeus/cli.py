@@ -327,7 +327,7 @@ def report(
 ) -> None:
     """Results tables, ablations, costs, training curves, overlays and provenance: Markdown + one HTML file."""
     from stage2_segment.evaluate import evaluate_run
-    from stage2_segment.postprocess import decide_for_run
+    from stage2_segment.finalize import decide_for_run
     from stage2_segment.runs import datasets_with_runs, pending_evaluations, reported_split
     from zeus.report.browser import screenshot as take_screenshot
     from zeus.report.build import build_reports

@@ -21,6 +21,7 @@ from shared.readers.base import CaseSources
 from shared.readers.scan import scan_sources
 from stage1_instruct.config import Stage1Config
 from stage1_instruct.runners import instruct_cases
+from stage2_segment.ensemble import load_predictor
 from stage2_segment.predict import Predictor
 
 
@@ -83,7 +84,7 @@ def predict_scans(
 
 
 def _predictor(run: Path, root: Path | None) -> Predictor:
-    predictor = Predictor.from_run(run, root=root)
+    predictor = load_predictor(run, root=root)
     if predictor.needs_ground_truth:
         raise ZeusError(
             f"{run} is the {predictor.config.model} reference: it is prompted with ground-truth boxes, so it can be "

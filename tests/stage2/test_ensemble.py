@@ -15,8 +15,8 @@ from shared.errors import ZeusError
 from shared.splits import load_splits
 from shared.workspace import splits_path
 from stage2_segment.config import TrainConfig
-from stage2_segment.ensemble import create_ensemble, mean_probabilities
-from stage2_segment.predict import EnsemblePredictor, Predictor
+from stage2_segment.ensemble import EnsemblePredictor, create_ensemble, load_predictor, mean_probabilities
+from stage2_segment.predict import Predictor
 from stage2_segment.runs import Postprocessing, RunFolder, pending_evaluations
 from stage2_segment.train import Trainer, prepare_training_data
 from zeus.cli import app
@@ -58,7 +58,7 @@ def test_an_ensemble_averages_its_members_and_is_evaluated_like_a_run(stage2_dat
     assert not any(m.postprocessing_json.exists() for m in members)  # Trainer.fit alone decides nothing
     for member in members:  # members whose own decision redraws every class ...
         member.write_postprocessing(Postprocessing([], box_refine=list(stage2_dataset.manifest.targets)))
-    predictor = Predictor.from_run(ensemble.path)
+    predictor = load_predictor(ensemble.path)
     assert isinstance(predictor, EnsemblePredictor) and len(predictor.members) == 2
     cases = CaseCache(stage2_dataset, 256)
     features, instructions = predictor.features(cases), predictor.instructions(stage2_dataset)
@@ -119,7 +119,7 @@ def test_an_ensemble_of_folds_predicts_each_case_with_the_members_that_did_not_t
     ensemble = create_ensemble([m.path for m in members], "folds")
     assert ensemble.read_info().val_cases == sorted([val0, val1])
 
-    predictor = Predictor.from_run(ensemble.path)
+    predictor = load_predictor(ensemble.path)
     cases = CaseCache(stage2_dataset, 256)
     features, instructions = predictor.features(cases), predictor.instructions(stage2_dataset)
     each = [Predictor.from_run(m.path) for m in members]
@@ -199,7 +199,7 @@ def test_an_ensemble_record_cannot_point_outside_its_runs_folder(stage2_dataset)
     record["ensemble"] = ["a", "../../../elsewhere"]
     ensemble.config_json.write_text(json.dumps(record))
     with pytest.raises(ZeusError, match=r"ensemble member '\.\./\.\./\.\./elsewhere'.*not a safe name"):
-        Predictor.from_run(ensemble.path)
+        load_predictor(ensemble.path)
 
 
 def test_mean_probabilities_refuses_members_of_different_shapes():

@@ -8,7 +8,8 @@ import pytest
 from shared.cases import CaseCache
 from shared.errors import ZeusError
 from shared.splits import load_splits
-from stage2_segment.postprocess import ValidationCase, apply, decide, keep_largest_component
+from stage2_segment.finalize import ValidationCase, decide
+from stage2_segment.postprocess import apply, keep_largest_component
 from stage2_segment.refine import BoxRefiner
 from stage2_segment.runs import Postprocessing, RunFolder
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from stage2_segment.metrics import dice
 from stage2_segment.modeling.encoders import FrozenImageEncoder
-from stage2_segment.postprocess import dice
 from stage2_segment.refine import BoxRefiner, largest_piece_per_slice
 
 
