@@ -43,7 +43,7 @@ from stage2_segment.finalize import decide_for_run
 from stage2_segment.instructions import InstructionTable, instruction_table
 from stage2_segment.losses import union_loss
 from stage2_segment.metrics import VolumeOverlap
-from stage2_segment.modeling.build import build_model
+from stage2_segment.modeling.build import build_model, check_input_size
 from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
 from stage2_segment.runs import (
     BEST,
@@ -109,6 +109,7 @@ def prepare_training_data(
 ) -> TrainingData:
     """Cases prepared with labels at the run's image size, the persisted splits, the instruction table, and
     the image embeddings of the frozen encoder (computed by rank 0 while the others wait)."""
+    check_input_size(config)
     device = device or pick_device()
     distributed = distributed or Distributed()
     cases = CaseCache(dataset, config.image_size)

@@ -8,11 +8,24 @@ from dataclasses import replace
 
 from torch import nn
 
+from shared.errors import ZeusError
 from shared.manifest import Manifest
 from stage2_segment.config import BOX_REFERENCE, TrainConfig
 from stage2_segment.modeling.box_reference import BoxPromptedSAM
+from stage2_segment.modeling.encoders import INPUT_SIZE
 from stage2_segment.modeling.segmenter import SegmenterConfig, ZeusSegmenter
 from stage2_segment.modeling.unet import UNetBaseline
+
+
+def check_input_size(config: TrainConfig) -> None:
+    """Refuse, before any work, an ``--image-size`` the model cannot take: a model that reads the frozen encoder's
+    embeddings takes its input size; the U-Net baseline takes any."""
+    if config.uses_features and config.image_size != INPUT_SIZE:
+        raise ZeusError(
+            f"--image-size {config.image_size}: the frozen image encoder takes {INPUT_SIZE} x {INPUT_SIZE} slices "
+            f"(its embedding grid is what the decoder reads), so a {config.model} run is prepared and trained at "
+            f"--image-size {INPUT_SIZE}; only --model unet trains at other sizes"
+        )
 
 
 def build_model(

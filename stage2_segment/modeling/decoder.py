@@ -21,10 +21,11 @@ from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransfor
 from segment_anything.modeling.transformer import Attention
 
 from stage2_segment.modeling.checkpoints import module_state
+from stage2_segment.modeling.encoders import INPUT_SIZE as ENCODER_INPUT_SIZE
 
 EMBED_DIM = 256
 IMAGE_EMBEDDING_SIZE = (64, 64)
-INPUT_SIZE = (256, 256)
+INPUT_SIZE = (ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE)
 
 
 class BatchedMaskDecoder(MaskDecoder):

