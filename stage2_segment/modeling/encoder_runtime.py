@@ -20,12 +20,8 @@ rewriting the depthwise convolutions as shifted multiply-adds for inductor to fu
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 # Rows per strip in the full-resolution stage: 16 rows of 256 x 256 channels in bf16 are 2 MB, inside a core's
 # L2 (measured: 16-32 rows best; 8 rows pay too much per-call overhead).
@@ -83,8 +79,8 @@ class InferenceEncoder(nn.Module):
     """A frozen encoder prepared for one device and precision: ``B x C x S x S`` float images in [0, 1] ->
     float32 embeddings ``B x 256 x 64 x 64`` (from bf16 or fp32 arithmetic).
 
-    ``compile``: torch.compile with inductor; the first call compiles (20-40 s on 2 CPU cores, then cached on
-    disk by inductor), so it pays for a cache of more than a few dozen images.
+    ``compile``: torch.compile with inductor; the first call compiles (20-40 s on 2 CPU cores, less once
+    inductor's disk cache is warm), so it pays from several hundred images on (``features.COMPILE_MIN_IMAGES``).
     """
 
     def __init__(self, encoder: nn.Module, device: torch.device, precision: str, compile: bool = True):
