@@ -27,7 +27,7 @@ from shared.cases import CaseCache
 from shared.manifest import resolve_dataset
 from stage2_segment import metrics
 from stage2_segment.features import CPU_BATCH, GPU_BATCH
-from stage2_segment.modeling.encoders import FrozenImageEncoder
+from stage2_segment.modeling.encoders import INPUT_SIZE, FrozenImageEncoder
 from stage2_segment.refine import BoxRefiner
 from stage2_segment.runs import mixed_precision
 
@@ -52,7 +52,7 @@ def _sync(device: torch.device) -> None:
 
 def gflop_per_image(encoder: FrozenImageEncoder) -> float:
     with FlopCounterMode(display=False) as counter:
-        encoder(torch.rand(1, 1, 256, 256))
+        encoder(torch.rand(1, 1, INPUT_SIZE, INPUT_SIZE))
     return counter.get_total_flops() / 1e9
 
 
@@ -120,7 +120,7 @@ def main() -> None:
     print(f"{len(images)} slices of {len(case_ids)} cases on {device} ({threads} threads)")
     bf16, fp32 = ceiling[torch.bfloat16], ceiling[torch.float32]
     print(f"ceiling: {bf16:.0f} GFLOP/s bf16, {fp32:.0f} GFLOP/s fp32 (2048 x 2048 matmul)")
-    print(f"encoder: {gflop:.1f} GFLOP per image (torch.utils.flop_counter, 256 x 256 input)")
+    print(f"encoder: {gflop:.1f} GFLOP per image (torch.utils.flop_counter, {INPUT_SIZE} x {INPUT_SIZE} input)")
 
     cache_batch = CPU_BATCH if device.type == "cpu" else GPU_BATCH
     ways = [

@@ -141,12 +141,12 @@ def check_encoding_budget(
     features: FeatureCache, train_ids: list[str], val_ids: list[str], config: TrainConfig
 ) -> None:
     """Estimate the encoding still to do from a measured batch, log it, and refuse a budget it would mostly use."""
-    originals = features.pending(train_ids + val_ids)
-    copies = [e for e in features.pending(train_ids, config.augment_copies) if e[1] > 0]
-    if not originals and not copies:
+    entries = features.pending(train_ids, config.augment_copies) + features.pending(val_ids)
+    if not entries:
         return
+    originals, copies = [e for e in entries if e[1] == 0], [e for e in entries if e[1] > 0]
     images_originals, images_copies = features.image_count(originals), features.image_count(copies)
-    per_image = features.seconds_per_image((originals or copies)[0][0], images=images_originals + images_copies)
+    per_image = features.seconds_per_image(entries[0][0], images=images_originals + images_copies)
     seconds_originals, seconds_copies = per_image * images_originals, per_image * images_copies
     encoding = seconds_originals + seconds_copies
     log.info(
@@ -158,7 +158,7 @@ def check_encoding_budget(
     if encoding <= (1 - MIN_TRAINING_SHARE) * config.time_budget:
         return
     advice = [f"raise --time-budget to at least {_minutes(encoding / (1 - MIN_TRAINING_SHARE))}"]
-    if config.augment_copies:
+    if copies:  # only copies still to encode can be saved (none: the advice would divide by zero)
         per_copy = seconds_copies / config.augment_copies
         fitting = int(((1 - MIN_TRAINING_SHARE) * config.time_budget - seconds_originals) // per_copy)
         lower = f"lower --augment-copies from {config.augment_copies} to {max(0, fitting)}"

@@ -62,3 +62,7 @@ def test_the_budget_refuses_up_front_when_encoding_would_take_most_of_it(stage2_
     assert "raise --time-budget to at least 12 min" in message
     check_encoding_budget(empty, ["demo_001"], ["demo_002"], TrainConfig(**{**config.to_json(), "time_budget": 720.0}))
     assert not list((tmp_path / "f").glob("*.npy"))  # the check encodes nothing it keeps
+    # no copy left to encode (here: no training case): the advice is the budget alone
+    with pytest.raises(ZeusError) as refused:
+        check_encoding_budget(empty, [], ["demo_002"], TrainConfig(**{**config.to_json(), "time_budget": 100.0}))
+    assert "--augment-copies" not in str(refused.value) and "at least 3 min" in str(refused.value)
